@@ -1,0 +1,65 @@
+# lenscast: `make run` and `make test` set up everything they need on a fresh Debian 12 machine.
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -euo pipefail -c
+
+# System packages: build (FFmpeg, OpenCV, clang for bindgen) and test tools (ffmpeg CLI,
+# mkvinfo, Chromium, GStreamer). Names verified on Debian 12 (see ../shared/PLATFORM.md).
+APT_PACKAGES := pkg-config clang libclang-dev libopencv-dev opencv-data \
+	libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev \
+	ffmpeg mkvtoolnix chromium chromium-driver \
+	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+	nodejs npm
+
+LISTEN ?= 127.0.0.1:8080
+ARGS ?=
+BIN := target/release/lenscast
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test deps apt npm build lint bench fixtures clean
+
+## run: install what is missing, build, and serve the built-in demo (URLs are printed).
+run: deps build
+	exec $(BIN) serve --listen $(LISTEN) $(ARGS)
+
+## test: install what is missing, then run every test (Rust unit + integration, browser).
+test: deps build
+	cargo test --release --all-targets
+	LENSCAST_BIN=$(CURDIR)/$(BIN) node --test --test-concurrency=1 tests/browser/
+
+deps: apt npm
+
+apt:
+	missing=$$(for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done)
+	if [ -n "$$missing" ]; then
+		echo "installing: $$missing"
+		$(SUDO) apt-get update -q
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing
+	fi
+
+npm:
+	if [ ! -d node_modules/hls.js ] || [ ! -d node_modules/playwright-core ] \
+		|| [ package-lock.json -nt node_modules/.package-lock.json ]; then
+		npm ci --no-audit --no-fund
+	fi
+
+build:
+	cargo build --release
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+## bench: the fan-out benchmark (100 and 1000 WebSocket viewers, 30 s each).
+bench: deps build
+	ulimit -n 65536 2>/dev/null || ulimit -n $$(ulimit -Hn)
+	cargo run --release --bin fanout-bench -- --server $(BIN) $(BENCH_ARGS)
+
+## fixtures: regenerate the committed media in fixtures/ (see fixtures/README.md).
+fixtures: deps
+	bash fixtures/make-fixtures.sh
+
+clean:
+	cargo clean
+	rm -rf node_modules

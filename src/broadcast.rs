@@ -1,0 +1,414 @@
+//! The hub: caches what a new viewer needs to start, and fans the live stream out to all viewers.
+//!
+//! One `Hub` handle (cheap to clone) is shared by the sources that write and the HTTP handlers
+//! that read. Writers hold a std `Mutex` only for synchronous work (muxing one event, updating
+//! the caches, `broadcast::Sender::send`), never across an await. Because the join cache is
+//! updated and the chunk is sent under that same lock, a viewer that snapshots the cache and
+//! subscribes under the lock gets every byte exactly once: no gap, no duplicate.
+//!
+//! A viewer that falls behind the broadcast channel (`RecvError::Lagged`) has lost chunks; it
+//! skips ahead to the next Cluster that starts with a keyframe and never resumes mid-Cluster.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::broadcast;
+
+use crate::webm::{Event, InitSegment, LiveMuxer, Output, StreamInfo};
+
+/// Chunks the broadcast channel holds; at ~80 chunks/s (30 fps video + Opus) about 12 s.
+pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
+/// The join cache stops growing past this; viewers then wait for the next keyframe Cluster.
+pub const MAX_JOIN_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Errors of the broadcast stage.
+#[derive(Debug, thiserror::Error)]
+pub enum BroadcastError {
+    #[error("the hub was shut down")]
+    Closed,
+}
+
+/// What a chunk of the viewer stream is, so a resyncing viewer knows where it may start.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChunkKind {
+    /// An initialization segment (viewers must get it before any media that follows).
+    Init(Arc<InitSegment>),
+    /// A Cluster start; `keyframe` means a decoder can start here.
+    ClusterStart { keyframe: bool },
+    /// A block inside the current Cluster.
+    Block,
+}
+
+/// One piece of the viewer stream: its bytes and what it is.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub kind: ChunkKind,
+    pub bytes: Bytes,
+}
+
+impl Chunk {
+    /// True where a viewer that lost data may start again.
+    pub fn is_join_point(&self) -> bool {
+        matches!(
+            self.kind,
+            ChunkKind::Init(_) | ChunkKind::ClusterStart { keyframe: true }
+        )
+    }
+
+    fn from_output(output: Output) -> Self {
+        match output {
+            Output::Init(init) => Chunk {
+                bytes: init.bytes.clone(),
+                kind: ChunkKind::Init(init),
+            },
+            Output::ClusterStart { bytes, keyframe } => Chunk {
+                kind: ChunkKind::ClusterStart { keyframe },
+                bytes,
+            },
+            Output::Block(bytes) => Chunk {
+                kind: ChunkKind::Block,
+                bytes,
+            },
+        }
+    }
+}
+
+/// Whether a source is feeding the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceState {
+    /// No source has started yet.
+    Idle,
+    Live,
+    /// The last source ended; viewers stay connected and wait for the next one.
+    Ended,
+}
+
+/// The source as shown in `/api/status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SourceStatus {
+    pub state: SourceState,
+    /// e.g. `file:fixtures/face.webm`, `stdin`.
+    pub name: Option<String>,
+    /// Why the last source ended, if it did.
+    pub ended_reason: Option<String>,
+    pub stream: Option<StreamInfo>,
+}
+
+/// Counters shown in `/api/status` and used by tests and benchmarks.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HubStatus {
+    pub uptime_s: f64,
+    pub source: SourceStatus,
+    pub viewers: u64,
+    pub viewers_total: u64,
+    pub bytes_sent: u64,
+    pub clusters_sent: u64,
+    pub lag_resyncs: u64,
+    pub slow_viewers_dropped: u64,
+    pub bytes_in: u64,
+    pub join_cache_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    viewers: AtomicU64,
+    viewers_total: AtomicU64,
+    bytes_sent: AtomicU64,
+    clusters_sent: AtomicU64,
+    lag_resyncs: AtomicU64,
+    slow_viewers_dropped: AtomicU64,
+    bytes_in: AtomicU64,
+}
+
+/// Everything since the latest keyframe Cluster start, for viewers who join now.
+#[derive(Debug, Default)]
+struct JoinCache {
+    chunks: Vec<Chunk>,
+    bytes: usize,
+    /// False after overflowing: nothing is cached until the next keyframe Cluster.
+    valid: bool,
+}
+
+impl JoinCache {
+    fn push(&mut self, chunk: &Chunk) {
+        match chunk.kind {
+            ChunkKind::Init(_) => self.clear(false),
+            ChunkKind::ClusterStart { keyframe: true } => self.clear(true),
+            _ => {}
+        }
+        if !self.valid || matches!(chunk.kind, ChunkKind::Init(_)) {
+            return;
+        }
+        if self.bytes + chunk.bytes.len() > MAX_JOIN_CACHE_BYTES {
+            self.clear(false);
+            return;
+        }
+        self.bytes += chunk.bytes.len();
+        self.chunks.push(chunk.clone());
+    }
+
+    fn clear(&mut self, valid: bool) {
+        self.chunks.clear();
+        self.bytes = 0;
+        self.valid = valid;
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    muxer: LiveMuxer,
+    join: JoinCache,
+    source: SourceStatus,
+    /// Reused output buffer, so pushing an event does not allocate.
+    scratch: Vec<Output>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    tx: broadcast::Sender<Chunk>,
+    counters: Counters,
+    started: Instant,
+}
+
+/// The shared handle; see the module docs.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new(DEFAULT_CHANNEL_CAPACITY)
+    }
+}
+
+impl Hub {
+    /// A hub whose broadcast channel holds `capacity` chunks before slow viewers lag.
+    pub fn new(capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(capacity.max(1));
+        Hub {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    muxer: LiveMuxer::new(),
+                    join: JoinCache::default(),
+                    source: SourceStatus {
+                        state: SourceState::Idle,
+                        name: None,
+                        ended_reason: None,
+                        stream: None,
+                    },
+                    scratch: Vec::new(),
+                }),
+                tx,
+                counters: Counters::default(),
+                started: Instant::now(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves only caches behind; keep serving.
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A source begins feeding the hub. Any previous source is ended first.
+    pub fn source_started(&self, name: &str) {
+        let mut state = self.lock();
+        self.finish_source(&mut state);
+        state.source.state = SourceState::Live;
+        state.source.name = Some(name.to_string());
+        state.source.ended_reason = None;
+        tracing::info!(source = name, "source started");
+    }
+
+    /// The current source stopped; viewers stay connected and wait for the next.
+    pub fn source_ended(&self, reason: &str) {
+        let mut state = self.lock();
+        self.finish_source(&mut state);
+        state.source.state = SourceState::Ended;
+        state.source.ended_reason = Some(reason.to_string());
+        tracing::info!(
+            source = state.source.name.as_deref().unwrap_or("?"),
+            reason,
+            "source ended"
+        );
+    }
+
+    fn finish_source(&self, state: &mut State) {
+        let mut out = std::mem::take(&mut state.scratch);
+        state.muxer.end_source(&mut out);
+        self.publish(state, &mut out);
+        state.scratch = out;
+    }
+
+    /// Feeds one event from the current source's reader.
+    pub fn push(&self, event: Event) {
+        let mut state = self.lock();
+        let mut out = std::mem::take(&mut state.scratch);
+        state.muxer.push(event, &mut out);
+        self.publish(&mut state, &mut out);
+        state.scratch = out;
+    }
+
+    /// Counts bytes that arrived from the source (for status).
+    pub fn count_input(&self, bytes: usize) {
+        self.shared
+            .counters
+            .bytes_in
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn publish(&self, state: &mut State, out: &mut Vec<Output>) {
+        for output in out.drain(..) {
+            let chunk = Chunk::from_output(output);
+            if let ChunkKind::Init(init) = &chunk.kind {
+                tracing::info!(mime = %init.info.mime, width = ?init.info.width, height = ?init.info.height, "new init segment");
+                state.source.stream = Some(init.info.clone());
+            }
+            state.join.push(&chunk);
+            // An error only means no viewer is subscribed right now.
+            let _ = self.shared.tx.send(chunk);
+        }
+    }
+
+    /// A new viewer: it receives the init segment and the cached Cluster-so-far, then the live
+    /// tail. Counted in `viewers` until dropped.
+    pub fn subscribe(&self) -> Viewer {
+        let state = self.lock();
+        let rx = self.shared.tx.subscribe();
+        let mut backlog = VecDeque::new();
+        let mut skipping = true;
+        if let Some(init) = state.muxer.init() {
+            backlog.push_back(Chunk::from_output(Output::Init(init.clone())));
+            if state.join.valid && !state.join.chunks.is_empty() {
+                backlog.extend(state.join.chunks.iter().cloned());
+                skipping = false;
+            }
+        }
+        drop(state);
+        let counters = &self.shared.counters;
+        counters.viewers.fetch_add(1, Ordering::Relaxed);
+        counters.viewers_total.fetch_add(1, Ordering::Relaxed);
+        Viewer {
+            hub: self.clone(),
+            backlog,
+            rx,
+            skipping,
+        }
+    }
+
+    /// Records bytes delivered to a viewer's socket.
+    pub fn count_sent(&self, chunk: &Chunk) {
+        let counters = &self.shared.counters;
+        counters
+            .bytes_sent
+            .fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+        if matches!(chunk.kind, ChunkKind::ClusterStart { .. }) {
+            counters.clusters_sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a viewer disconnected because its socket stayed blocked too long.
+    pub fn count_slow_drop(&self) {
+        self.shared
+            .counters
+            .slow_viewers_dropped
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current stream's description, if a source has sent its Tracks.
+    pub fn stream_info(&self) -> Option<StreamInfo> {
+        self.lock().source.stream.clone()
+    }
+
+    /// A snapshot for `/api/status`.
+    pub fn status(&self) -> HubStatus {
+        let (source, join_cache_bytes) = {
+            let state = self.lock();
+            (state.source.clone(), state.join.bytes)
+        };
+        let c = &self.shared.counters;
+        HubStatus {
+            uptime_s: self.shared.started.elapsed().as_secs_f64(),
+            source,
+            viewers: c.viewers.load(Ordering::Relaxed),
+            viewers_total: c.viewers_total.load(Ordering::Relaxed),
+            bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+            clusters_sent: c.clusters_sent.load(Ordering::Relaxed),
+            lag_resyncs: c.lag_resyncs.load(Ordering::Relaxed),
+            slow_viewers_dropped: c.slow_viewers_dropped.load(Ordering::Relaxed),
+            bytes_in: c.bytes_in.load(Ordering::Relaxed),
+            join_cache_bytes,
+        }
+    }
+}
+
+/// One viewer's position in the stream. Cancel-safe: `next` can sit in `select!`.
+#[derive(Debug)]
+pub struct Viewer {
+    hub: Hub,
+    backlog: VecDeque<Chunk>,
+    rx: broadcast::Receiver<Chunk>,
+    /// True until the viewer reaches a join point (after joining with no cache, or after lag).
+    skipping: bool,
+}
+
+impl Viewer {
+    /// The next chunk to send, or `Err(Closed)` when the hub is gone.
+    pub async fn next(&mut self) -> Result<Chunk, BroadcastError> {
+        if let Some(chunk) = self.backlog.pop_front() {
+            return Ok(chunk);
+        }
+        loop {
+            match self.rx.recv().await {
+                Ok(chunk) => {
+                    if self.skipping {
+                        if !chunk.is_join_point() {
+                            continue;
+                        }
+                        // An init segment alone is not enough to start: keep waiting for a
+                        // keyframe Cluster, but the viewer needs the init first.
+                        self.skipping = matches!(chunk.kind, ChunkKind::Init(_));
+                    }
+                    return Ok(chunk);
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    self.skipping = true;
+                    self.hub
+                        .shared
+                        .counters
+                        .lag_resyncs
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        missed,
+                        "viewer lagged; skipping to the next keyframe cluster"
+                    );
+                }
+                Err(broadcast::error::RecvError::Closed) => return Err(BroadcastError::Closed),
+            }
+        }
+    }
+
+    /// The hub this viewer reads from.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        self.hub
+            .shared
+            .counters
+            .viewers
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,116 @@
+//! Viewers: the live stream over a WebSocket (for the MSE page) and as a chunked HTTP response
+//! (`/live.webm`, for ffplay, VLC, ffprobe, GStreamer).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_stream::wrappers::ReceiverStream;
+use warp::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use warp::ws::{Message, WebSocket};
+use warp::Reply;
+
+use super::App;
+use crate::broadcast::{Chunk, ChunkKind};
+
+/// Chunks queued for one `/live.webm` response before its writer waits.
+const HTTP_QUEUE: usize = 64;
+
+static NEXT_VIEWER: AtomicU64 = AtomicU64::new(1);
+
+/// The text message sent before each init segment, telling the page how to set up MSE.
+fn init_message(chunk: &Chunk) -> Option<Message> {
+    let ChunkKind::Init(init) = &chunk.kind else {
+        return None;
+    };
+    let info = &init.info;
+    let json = serde_json::json!({
+        "type": "init",
+        "mime": info.mime,
+        "width": info.width,
+        "height": info.height,
+    });
+    Some(Message::text(json.to_string()))
+}
+
+/// Serves one WebSocket viewer until it leaves, the hub closes, or its socket stays blocked.
+pub async fn websocket(socket: WebSocket, app: App, remote: Option<SocketAddr>) {
+    let id = NEXT_VIEWER.fetch_add(1, Ordering::Relaxed);
+    let mut viewer = app.hub.subscribe();
+    tracing::info!(viewer = id, ?remote, via = "ws", "viewer joined");
+    let (mut tx, mut rx) = socket.split();
+    let timeout = app.config.viewer_send_timeout;
+    let reason = loop {
+        tokio::select! {
+            chunk = viewer.next() => {
+                let Ok(chunk) = chunk else { break "server shutting down" };
+                let text = init_message(&chunk);
+                let send = async {
+                    if let Some(text) = text {
+                        tx.feed(text).await?;
+                    }
+                    tx.send(Message::binary(chunk.bytes.clone())).await
+                };
+                match tokio::time::timeout(timeout, send).await {
+                    Ok(Ok(())) => app.hub.count_sent(&chunk),
+                    Ok(Err(_)) => break "socket error",
+                    Err(_) => {
+                        app.hub.count_slow_drop();
+                        // Best effort: a blocked socket may not take the close frame either.
+                        let _ = tokio::time::timeout(
+                            std::time::Duration::from_millis(100),
+                            tx.send(Message::close_with(1008u16, "viewer too slow")),
+                        )
+                        .await;
+                        break "socket blocked too long";
+                    }
+                }
+            }
+            msg = rx.next() => match msg {
+                Some(Ok(msg)) if msg.is_close() => break "closed by viewer",
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break "connection lost",
+            }
+        }
+    };
+    tracing::info!(viewer = id, ?remote, via = "ws", reason, "viewer left");
+}
+
+/// `/live.webm`: the same stream as a chunked HTTP body.
+pub fn http_stream(app: App, remote: Option<SocketAddr>) -> warp::reply::Response {
+    let id = NEXT_VIEWER.fetch_add(1, Ordering::Relaxed);
+    let content_type = match app.hub.stream_info() {
+        Some(info) if !info.has_video => "audio/webm",
+        _ => "video/webm",
+    };
+    let mut viewer = app.hub.subscribe();
+    let (queue, body) =
+        tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(HTTP_QUEUE);
+    let timeout = app.config.viewer_send_timeout;
+    tracing::info!(viewer = id, ?remote, via = "http", "viewer joined");
+    // The writer runs apart from the response body so that a client that stops reading is
+    // noticed (the queue stays full past the timeout) and dropped, instead of pinning the hub.
+    tokio::spawn(async move {
+        let reason = loop {
+            let Ok(chunk) = viewer.next().await else {
+                break "server shutting down";
+            };
+            match queue.send_timeout(Ok(chunk.bytes.clone()), timeout).await {
+                Ok(()) => app.hub.count_sent(&chunk),
+                Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {
+                    app.hub.count_slow_drop();
+                    break "client blocked too long";
+                }
+                Err(tokio::sync::mpsc::error::SendTimeoutError::Closed(_)) => {
+                    break "closed by viewer"
+                }
+            }
+        };
+        tracing::info!(viewer = id, ?remote, via = "http", reason, "viewer left");
+    });
+    let mut response = warp::reply::stream(ReceiverStream::new(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, content_type.parse().expect("valid header"));
+    headers.insert(CACHE_CONTROL, "no-store".parse().expect("valid header"));
+    response
+}
