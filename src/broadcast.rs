@@ -36,8 +36,12 @@ pub enum BroadcastError {
 pub enum ChunkKind {
     /// An initialization segment (viewers must get it before any media that follows).
     Init(Arc<InitSegment>),
-    /// A Cluster start; `keyframe` means a decoder can start here.
-    ClusterStart { keyframe: bool },
+    /// A Cluster start; `keyframe` means a decoder can start here. `init` is the init segment
+    /// the Cluster belongs to, so a viewer resuming here can be sent it first if it missed it.
+    ClusterStart {
+        keyframe: bool,
+        init: Arc<InitSegment>,
+    },
     /// A block inside the current Cluster.
     Block,
 }
@@ -54,18 +58,28 @@ impl Chunk {
     pub fn is_join_point(&self) -> bool {
         matches!(
             self.kind,
-            ChunkKind::Init(_) | ChunkKind::ClusterStart { keyframe: true }
+            ChunkKind::Init(_) | ChunkKind::ClusterStart { keyframe: true, .. }
         )
     }
 
-    fn from_output(output: Output) -> Self {
+    fn init(init: Arc<InitSegment>) -> Self {
+        Chunk {
+            bytes: init.bytes.clone(),
+            kind: ChunkKind::Init(init),
+        }
+    }
+
+    /// `current_init` is the init segment in force when the output was produced.
+    fn from_output(output: Output, current_init: Option<&Arc<InitSegment>>) -> Self {
         match output {
-            Output::Init(init) => Chunk {
-                bytes: init.bytes.clone(),
-                kind: ChunkKind::Init(init),
-            },
+            Output::Init(init) => Chunk::init(init),
             Output::ClusterStart { bytes, keyframe } => Chunk {
-                kind: ChunkKind::ClusterStart { keyframe },
+                kind: ChunkKind::ClusterStart {
+                    keyframe,
+                    init: current_init
+                        .cloned()
+                        .expect("the reader refuses Clusters before Tracks"),
+                },
                 bytes,
             },
             Output::Block(bytes) => Chunk {
@@ -137,7 +151,7 @@ impl JoinCache {
     fn push(&mut self, chunk: &Chunk) {
         match chunk.kind {
             ChunkKind::Init(_) => self.clear(false),
-            ChunkKind::ClusterStart { keyframe: true } => self.clear(true),
+            ChunkKind::ClusterStart { keyframe: true, .. } => self.clear(true),
             _ => {}
         }
         if !self.valid || matches!(chunk.kind, ChunkKind::Init(_)) {
@@ -268,7 +282,7 @@ impl Hub {
 
     fn publish(&self, state: &mut State, out: &mut Vec<Output>) {
         for output in out.drain(..) {
-            let chunk = Chunk::from_output(output);
+            let chunk = Chunk::from_output(output, state.muxer.init());
             if let ChunkKind::Init(init) = &chunk.kind {
                 tracing::info!(mime = %init.info.mime, width = ?init.info.width, height = ?init.info.height, "new init segment");
                 state.source.stream = Some(init.info.clone());
@@ -287,7 +301,7 @@ impl Hub {
         let mut backlog = VecDeque::new();
         let mut skipping = true;
         if let Some(init) = state.muxer.init() {
-            backlog.push_back(Chunk::from_output(Output::Init(init.clone())));
+            backlog.push_back(Chunk::init(init.clone()));
             if state.join.valid && !state.join.chunks.is_empty() {
                 backlog.extend(state.join.chunks.iter().cloned());
                 skipping = false;
@@ -302,6 +316,7 @@ impl Hub {
             backlog,
             rx,
             skipping,
+            sent_init: None,
         }
     }
 
@@ -359,11 +374,32 @@ pub struct Viewer {
     rx: broadcast::Receiver<Chunk>,
     /// True until the viewer reaches a join point (after joining with no cache, or after lag).
     skipping: bool,
+    /// The init segment this viewer was last sent.
+    sent_init: Option<Arc<InitSegment>>,
 }
 
 impl Viewer {
     /// The next chunk to send, or `Err(Closed)` when the hub is gone.
     pub async fn next(&mut self) -> Result<Chunk, BroadcastError> {
+        let chunk = self.next_in_stream().await?;
+        match &chunk.kind {
+            ChunkKind::Init(init) => self.sent_init = Some(init.clone()),
+            ChunkKind::ClusterStart { init, .. } => {
+                let missed = !matches!(&self.sent_init, Some(sent) if Arc::ptr_eq(sent, init));
+                if missed {
+                    // The viewer lagged past the init this Cluster belongs to: send it first.
+                    self.sent_init = Some(init.clone());
+                    let init = Chunk::init(init.clone());
+                    self.backlog.push_front(chunk);
+                    return Ok(init);
+                }
+            }
+            ChunkKind::Block => {}
+        }
+        Ok(chunk)
+    }
+
+    async fn next_in_stream(&mut self) -> Result<Chunk, BroadcastError> {
         if let Some(chunk) = self.backlog.pop_front() {
             return Ok(chunk);
         }

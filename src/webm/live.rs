@@ -25,6 +25,9 @@ use super::reader::{Block, Event, Info, Tracks};
 const MAX_PENDING_HEAD: usize = 256 * 1024;
 /// A forward jump in source time larger than this is closed up, so players do not stall at a gap.
 const MAX_FORWARD_JUMP_NS: i128 = 5_000_000_000;
+/// A Cluster may start a little before the last block of the one before (audio is interleaved
+/// ahead of video); only a step back larger than this is a real timestamp reset.
+const MAX_BACKWARD_STEP_NS: i128 = 1_000_000_000;
 /// Assumed frame spacing when a source gives no better estimate (30 fps).
 const DEFAULT_FRAME_NS: i128 = 33_333_333;
 
@@ -102,6 +105,8 @@ pub struct LiveMuxer {
     scale: u64,
     /// The latest block time written to viewers, in ns on the output timeline.
     last_ns: Option<i128>,
+    /// Time of the latest frame of the join track (video, else audio), in output ns.
+    last_frame_ns: Option<i128>,
     /// Spacing between the last two video (or audio) frames, to place the next source's start.
     frame_ns: i128,
 }
@@ -122,6 +127,7 @@ impl LiveMuxer {
             in_cluster: false,
             scale: 1_000_000,
             last_ns: None,
+            last_frame_ns: None,
             frame_ns: DEFAULT_FRAME_NS,
         }
     }
@@ -187,7 +193,7 @@ impl LiveMuxer {
         let mut offset = self.source.offset;
         if let (Some(o), Some(last)) = (offset, self.last_ns) {
             let start_ns = (source_ticks + o) as i128 * scale;
-            if start_ns < last || start_ns - last > MAX_FORWARD_JUMP_NS {
+            if last - start_ns > MAX_BACKWARD_STEP_NS || start_ns - last > MAX_FORWARD_JUMP_NS {
                 offset = None;
             }
         }
@@ -214,13 +220,15 @@ impl LiveMuxer {
         let offset = self.source.offset.unwrap_or(0);
         let ns = (block.timecode + offset) as i128 * self.scale as i128;
         let is_video = Some(block.track) == self.source.video_track;
-        // Estimate frame spacing from the track that decides join points.
-        if let Some(last) = self.last_ns {
-            let delta = ns - last;
-            if delta > 0 && delta < 1_000_000_000 && (is_video || self.source.video_track.is_none())
-            {
-                self.frame_ns = delta;
+        // Estimate frame spacing from the track that decides join points (video, else audio).
+        if is_video || self.source.video_track.is_none() {
+            if let Some(previous) = self.last_frame_ns {
+                let delta = ns - previous;
+                if delta > 0 && delta < 1_000_000_000 {
+                    self.frame_ns = delta;
+                }
             }
+            self.last_frame_ns = Some(ns);
         }
         self.last_ns = Some(self.last_ns.map_or(ns, |last| last.max(ns)));
 

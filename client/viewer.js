@@ -1,0 +1,363 @@
+// lenscast viewer: plays the live WebM stream from /ws/view through Media Source Extensions.
+//
+// Protocol: before every init segment the server sends a text message
+//   {"type":"init","mime":"video/webm; codecs=\"vp8,opus\"","width":640,"height":480}
+// and the next binary message is that init segment. Every later binary message is media
+// (Clusters), to be appended as-is. A viewer always starts at a Cluster that begins with a video
+// keyframe, and Cluster timestamps only move forward, even across source restarts.
+
+const JUMP_BEHIND = 3; // seconds behind the live edge after which we jump instead of catching up
+const JUMP_TARGET = 0.5; // where a jump lands, in seconds behind the live edge
+const CATCH_UP_BEHIND = 1.0; // further behind than this, play slightly faster...
+const CAUGHT_UP_BEHIND = 0.5; // ...until closer than this
+const CATCH_UP_RATE = 1.1; // gentle enough that audio pitch change is barely audible
+const KEEP_PLAYED = 10; // seconds of played media kept, so hours of playback fit the quota
+const TRIM_EVERY_MS = 5000;
+const QUOTA_RETRIES = 10; // QuotaExceededError retries before starting over
+const QUOTA_RETRY_MS = 500;
+const MAX_QUEUED_BYTES = 8 * 1024 * 1024; // a viewer this far behind should rejoin at a keyframe
+const BACKOFF_MIN_MS = 500;
+const BACKOFF_MAX_MS = 10000;
+const STATUS_POLL_MS = 2000;
+const TICK_MS = 250;
+
+// iOS Safari has only ManagedMediaSource; everything else has MediaSource.
+const MediaSourceImpl = window.MediaSource || window.ManagedMediaSource;
+
+const video = document.getElementById('video');
+const stage = document.getElementById('stage');
+const statusLine = document.getElementById('status');
+const playOverlay = document.getElementById('play-overlay');
+const message = document.getElementById('message');
+
+/** What the viewer is doing, for the status line, tests and the console. */
+const lenscast = {
+  state: 'connecting', // connecting | waiting | playing | reconnecting | unsupported
+  mime: null,
+  audioOnly: false,
+  behindLive: null, // seconds between the playhead and the end of what we have
+  reconnects: 0,
+  appendedBytes: 0,
+  viewers: null,
+  source: null, // the server's source state from /api/status
+};
+window.lenscast = lenscast;
+
+/** One MediaSource + SourceBuffer for one mime type. Replaced when the mime type changes. */
+class Player {
+  constructor(mime, onFatal) {
+    this.mime = mime;
+    this.onFatal = onFatal;
+    this.queue = []; // { init: bool, bytes: Uint8Array }, waiting for the SourceBuffer
+    this.queuedBytes = 0;
+    this.removeRange = null; // [start, end] to remove before the next append
+    this.quotaRetries = 0;
+    this.sourceBuffer = null;
+    this.closed = false;
+    this.mediaSource = new MediaSourceImpl();
+    this.mediaSource.addEventListener('sourceopen', () => this.open(), { once: true });
+    video.disableRemotePlayback = true; // required by ManagedMediaSource, harmless elsewhere
+    video.src = URL.createObjectURL(this.mediaSource);
+  }
+
+  open() {
+    if (this.closed) return;
+    URL.revokeObjectURL(video.src);
+    try {
+      this.sourceBuffer = this.mediaSource.addSourceBuffer(this.mime);
+    } catch (err) {
+      this.onFatal(`cannot play ${this.mime}: ${err.message}`);
+      return;
+    }
+    // The server's timestamps only move forward, so they can be used as they are.
+    this.sourceBuffer.mode = 'segments';
+    this.sourceBuffer.addEventListener('updateend', () => this.pump());
+    this.pump();
+  }
+
+  /** Queues bytes for the SourceBuffer. Returns false if the queue is over its budget. */
+  append(bytes, init) {
+    this.queue.push({ init, bytes: new Uint8Array(bytes) });
+    this.queuedBytes += bytes.byteLength;
+    this.pump();
+    return this.queuedBytes <= MAX_QUEUED_BYTES;
+  }
+
+  /** Asks for played media to be removed, so the SourceBuffer never fills up. */
+  trim(keepSeconds) {
+    // After a media error the MediaSource closes, and reading `buffered` would throw.
+    if (this.mediaSource.readyState !== 'open' || !this.sourceBuffer || this.removeRange) return false;
+    const buffered = this.sourceBuffer.buffered;
+    if (!buffered.length) return false;
+    const start = buffered.start(0);
+    const end = video.currentTime - keepSeconds;
+    if (end <= start + 0.5) return false;
+    this.removeRange = [start, end];
+    this.pump();
+    return true;
+  }
+
+  /** Feeds the SourceBuffer one operation at a time: it accepts nothing while updating. */
+  pump() {
+    const sb = this.sourceBuffer;
+    if (this.closed || !sb || sb.updating) return;
+    if (this.removeRange) {
+      const [start, end] = this.removeRange;
+      this.removeRange = null;
+      sb.remove(start, end);
+      return;
+    }
+    const op = this.takeNext();
+    if (!op) return;
+    try {
+      // A new init segment starts a new stream: forget any half-parsed Cluster first.
+      if (op.init) sb.abort();
+      sb.appendBuffer(op.bytes);
+    } catch (err) {
+      this.queue.unshift(op);
+      this.onAppendError(err);
+      return;
+    }
+    this.queuedBytes -= op.bytes.byteLength;
+    this.quotaRetries = 0;
+    lenscast.appendedBytes += op.bytes.byteLength;
+  }
+
+  /** The next operation, with consecutive media chunks merged: one append costs less than many. */
+  takeNext() {
+    const first = this.queue.shift();
+    if (!first || first.init || !this.queue.length || this.queue[0].init) return first;
+    let end = 0;
+    while (end < this.queue.length && !this.queue[end].init) end++;
+    const parts = [first, ...this.queue.splice(0, end)];
+    const bytes = new Uint8Array(parts.reduce((n, part) => n + part.bytes.byteLength, 0));
+    let offset = 0;
+    for (const part of parts) {
+      bytes.set(part.bytes, offset);
+      offset += part.bytes.byteLength;
+    }
+    return { init: false, bytes };
+  }
+
+  onAppendError(err) {
+    if (err.name !== 'QuotaExceededError' || this.quotaRetries++ >= QUOTA_RETRIES) {
+      this.onFatal(`append failed: ${err.name} ${err.message}`);
+      return;
+    }
+    // The browser's buffer is full despite trimming. Free all but a second of what has been
+    // played, or if there is nothing to free, let playback use some up; then retry the same bytes.
+    if (!this.trim(1)) setTimeout(() => this.pump(), QUOTA_RETRY_MS);
+  }
+
+  close() {
+    this.closed = true;
+    this.queue = [];
+    video.removeAttribute('src');
+    video.load();
+  }
+}
+
+let socket = null;
+let player = null;
+let expectInit = false; // the next binary message is an init segment
+let backoffMs = BACKOFF_MIN_MS;
+let lastTime = 0;
+let autoplayRefused = false;
+
+function connect() {
+  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  const ws = new WebSocket(`${scheme}//${location.host}/ws/view`);
+  ws.binaryType = 'arraybuffer';
+  // Events from a socket we already gave up on must not touch the new one.
+  ws.onopen = () => socket === ws && setState('waiting');
+  ws.onmessage = (event) => {
+    if (socket !== ws) return;
+    if (typeof event.data === 'string') onText(event.data);
+    else onBinary(event.data);
+  };
+  // An error is always followed by close, so close alone handles both.
+  ws.onclose = () => socket === ws && reconnect('connection closed');
+  socket = ws;
+  setState('connecting');
+}
+
+function onText(text) {
+  let msg;
+  try {
+    msg = JSON.parse(text);
+  } catch {
+    return;
+  }
+  if (msg.type === 'init') onInit(msg);
+  // Other message types are for newer pages; ignoring them keeps old pages working.
+}
+
+function onInit({ mime, width }) {
+  lenscast.mime = mime;
+  lenscast.audioOnly = width == null || mime.startsWith('audio/');
+  stage.classList.toggle('audio-only', lenscast.audioOnly);
+  if (!MediaSourceImpl.isTypeSupported(mime)) {
+    // Without a player, media is dropped until an init segment we can play.
+    player?.close();
+    player = null;
+    setState('unsupported');
+    showMessage(`This browser cannot play ${mime} (Media Source Extensions). Try Chrome or Firefox.`);
+    return;
+  }
+  showMessage(null);
+  // Same mime: MSE takes a new init segment in the same SourceBuffer (e.g. a resolution change).
+  // A new mime usually means other tracks (video gone, say), which changeType() cannot do, so
+  // start a new MediaSource.
+  if (!player || player.mime !== mime) {
+    player?.close();
+    player = new Player(mime, (why) => reconnect(why));
+  }
+  expectInit = true;
+}
+
+function onBinary(data) {
+  if (!player) return;
+  const init = expectInit;
+  expectInit = false;
+  if (!player.append(data, init)) {
+    reconnect('too far behind');
+    return;
+  }
+  if (!init) backoffMs = BACKOFF_MIN_MS; // media is flowing: the connection is good again
+}
+
+/** Drops the connection and the player, then connects again after a growing delay. */
+function reconnect(why) {
+  console.info(`lenscast: reconnecting (${why})`);
+  const ws = socket;
+  socket = null;
+  ws?.close();
+  player?.close();
+  player = null;
+  expectInit = false;
+  lenscast.reconnects++;
+  lenscast.behindLive = null;
+  setState('reconnecting');
+  setTimeout(connect, backoffMs);
+  backoffMs = Math.min(backoffMs * 2, BACKOFF_MAX_MS);
+}
+
+/** Runs a few times a second: keeps playback going and near the live edge. */
+function tick() {
+  const buffered = video.buffered;
+  if (!player || !buffered.length) return;
+  // Not moving although nobody paused or seeked: waiting for data, or stuck before a gap.
+  const stuck = !video.paused && !video.seeking && video.currentTime === lastTime;
+  skipGap(buffered, stuck);
+  followLiveEdge(buffered);
+  if (video.paused && !autoplayRefused) tryPlay();
+  lastTime = video.currentTime;
+  if (socket?.readyState === WebSocket.OPEN) setState(stuck || video.paused ? 'waiting' : 'playing');
+}
+
+/** Chrome does not play across a gap in the buffer: a viewer who joins mid-stream has nothing
+ *  before its first Cluster, and a source restart or a skip to the next keyframe leaves a hole.
+ *  Chrome even stops a few frames before the hole, so a stall with media ahead means: jump. */
+function skipGap(buffered, stuck) {
+  const t = video.currentTime;
+  let inside = false;
+  for (let i = 0; i < buffered.length; i++) {
+    if (buffered.start(i) <= t && t < buffered.end(i)) inside = true;
+    if (buffered.start(i) > t) {
+      if (!inside || stuck) {
+        console.info(`lenscast: skipping a gap, ${t.toFixed(2)} -> ${buffered.start(i).toFixed(2)} s`);
+        video.currentTime = buffered.start(i);
+      }
+      return;
+    }
+  }
+}
+
+function followLiveEdge(buffered) {
+  const end = buffered.end(buffered.length - 1);
+  if (end - video.currentTime > JUMP_BEHIND) {
+    console.info(`lenscast: ${(end - video.currentTime).toFixed(1)} s behind, jumping to live`);
+    video.currentTime = end - JUMP_TARGET;
+    video.playbackRate = 1;
+  }
+  const behind = end - video.currentTime;
+  lenscast.behindLive = Math.max(0, behind);
+  if (behind > CATCH_UP_BEHIND) video.playbackRate = CATCH_UP_RATE;
+  else if (behind < CAUGHT_UP_BEHIND) video.playbackRate = 1;
+}
+
+function tryPlay() {
+  video.play().catch((err) => {
+    // Autoplay refused: only a click may start playback now, so stop asking until then.
+    if (err.name === 'NotAllowedError') {
+      autoplayRefused = true;
+      playOverlay.hidden = false;
+    }
+  });
+}
+
+playOverlay.addEventListener('click', () => {
+  // The click is a user gesture, so sound is allowed too.
+  video.muted = false;
+  video.play().then(() => {
+    autoplayRefused = false;
+    playOverlay.hidden = true;
+  }, () => {});
+});
+
+async function pollStatus() {
+  let status = null;
+  try {
+    const response = await fetch('/api/status', { cache: 'no-store' });
+    if (response.ok) status = await response.json();
+  } catch {
+    // The server is away; the socket's reconnect loop deals with that.
+  }
+  // Unknown rather than stale while the server does not answer.
+  lenscast.viewers = status?.viewers ?? null;
+  lenscast.source = status?.source?.state ?? null;
+  renderStatus();
+}
+
+function setState(state) {
+  lenscast.state = state;
+  renderStatus();
+}
+
+function renderStatus() {
+  const parts = [lenscast.state];
+  if (lenscast.source && lenscast.source !== 'live') parts.push(`source ${lenscast.source}`);
+  if (lenscast.viewers != null) {
+    parts.push(`${lenscast.viewers} viewer${lenscast.viewers === 1 ? '' : 's'}`);
+  }
+  if (lenscast.behindLive != null) parts.push(`${lenscast.behindLive.toFixed(1)} s behind live`);
+  if (lenscast.audioOnly) parts.push('audio only');
+  statusLine.textContent = parts.join(' · ');
+}
+
+function showMessage(text) {
+  message.hidden = !text;
+  message.textContent = text ?? '';
+}
+
+/** Removes played media now and then; without it, a long session hits QuotaExceededError. */
+function trimPlayed() {
+  player?.trim(KEEP_PLAYED);
+}
+
+// Chrome says it is waiting for data when it reaches a gap: jump at once rather than a tick later.
+video.addEventListener('waiting', () => player && !video.seeking && skipGap(video.buffered, true));
+
+// A decode error leaves the element dead; a fresh MediaSource from a keyframe recovers.
+video.addEventListener('error', () => player && reconnect(`media error ${video.error?.code}`));
+
+if (!MediaSourceImpl) {
+  setState('unsupported');
+  showMessage('This browser has no Media Source Extensions, which the live player needs.');
+} else {
+  connect();
+  setInterval(tick, TICK_MS);
+  setInterval(trimPlayed, TRIM_EVERY_MS);
+  setInterval(pollStatus, STATUS_POLL_MS);
+  pollStatus();
+}
