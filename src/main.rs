@@ -8,8 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lenscast::broadcast::Hub;
+use lenscast::http::publish::Publishing;
 use lenscast::http::{self, App, HttpConfig};
-use lenscast::ingest::{self, Input};
+use lenscast::ingest::{self, Input, Sink, Target};
+use lenscast::pipeline::{Pipeline, PipelineConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,7 +26,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve the live stream to viewers (page at /, WebSocket at /ws/view, HTTP at /live.webm).
+    /// Serve the live stream: viewers at / (WebSocket /ws/view, HTTP /live.webm), presenters at
+    /// /present (WebSocket /ws/publish, HTTP PUT /publish). Every frame is decoded, faces are
+    /// boxed, and the video is re-encoded to VP8, unless --passthrough.
     Serve(ServeArgs),
 }
 
@@ -40,10 +44,23 @@ struct ServeArgs {
     #[arg(long, value_name = "PATH|-")]
     input: Option<String>,
 
-    /// Broadcast the source's WebM as it is, without decoding (any codec, audio-only too).
-    /// Currently the only mode.
+    /// Broadcast the source's WebM as it is, without decoding or face detection (any codec,
+    /// audio-only too).
     #[arg(long)]
     passthrough: bool,
+
+    /// Token a presenter must give (`?token=`) to publish. If unset, one is generated and
+    /// printed with the presenter URL.
+    #[arg(long, env = "LENSCAST_PUBLISH_TOKEN", hide_env_values = true)]
+    publish_token: Option<String>,
+
+    /// Seconds between keyframes in the re-encoded stream (how long a new viewer may wait).
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    keyframe_interval: f64,
+
+    /// Target bitrate of the re-encoded VP8 stream, in bits/s (suffixes k and M accepted).
+    #[arg(long, default_value = "1M", value_parser = parse_bitrate)]
+    bitrate: usize,
 
     /// Also accept WebSocket connections from pages on this origin (e.g. https://studio.example).
     /// Repeat for several; `*` allows any. The server's own origin is always allowed.
@@ -59,6 +76,25 @@ struct ServeArgs {
     viewer_buffer: usize,
 }
 
+/// `800k`, `1.5M` or `1000000` to bits per second.
+fn parse_bitrate(text: &str) -> Result<usize, String> {
+    let (number, scale) = match text.strip_suffix(['k', 'K']) {
+        Some(n) => (n, 1e3),
+        None => match text.strip_suffix('M') {
+            Some(n) => (n, 1e6),
+            None => (text, 1.0),
+        },
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a bitrate like 800k or 1.5M"))?;
+    let bits = value * scale;
+    if !(10e3..=50e6).contains(&bits) {
+        return Err(format!("{text} is outside 10k..50M"));
+    }
+    Ok(bits as usize)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -72,6 +108,12 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
     }
+}
+
+/// A random 128-bit token, hex encoded.
+fn generate_token() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -91,26 +133,56 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.viewer_timeout > 0.0,
         "--viewer-timeout must be positive"
     );
+    anyhow::ensure!(
+        args.keyframe_interval >= 0.1,
+        "--keyframe-interval must be at least 0.1 s"
+    );
     let hub = Hub::new(args.viewer_buffer);
+    let target = if args.passthrough {
+        Target::Hub(hub.clone())
+    } else {
+        let config = PipelineConfig {
+            bitrate: args.bitrate,
+            keyframe_interval: Duration::from_secs_f64(args.keyframe_interval),
+            ..PipelineConfig::default()
+        };
+        Target::Pipeline(
+            Pipeline::start(hub.clone(), config).context("starting the annotation pipeline")?,
+        )
+    };
+    let sink = Sink::new(target);
+    let token = match args.publish_token {
+        Some(token) if !token.is_empty() => token,
+        _ => generate_token(),
+    };
     let listener = http::bind(&args.listen).await?;
     let addr: SocketAddr = listener.local_addr().context("reading the bound address")?;
     let app = App {
         hub: hub.clone(),
+        sink: sink.clone(),
+        publishing: Arc::new(Publishing::new(token.clone())),
         config: Arc::new(HttpConfig {
             allowed_origins: args.allow_origin,
             viewer_send_timeout: Duration::from_secs_f64(args.viewer_timeout),
         }),
     };
 
-    let ingest_hub = hub.clone();
     tokio::spawn(async move {
-        // Errors are logged and shown in /api/status by the hub; the server keeps serving.
-        let _ = ingest::run(input, ingest_hub).await;
+        // Errors are logged and shown in /api/status; the server keeps serving.
+        let _ = ingest::run(input, sink).await;
     });
 
     let base = format!("http://{addr}");
-    println!("lenscast is serving");
+    println!(
+        "lenscast is serving ({})",
+        if args.passthrough {
+            "passthrough"
+        } else {
+            "annotating faces"
+        }
+    );
     println!("  viewer      {base}/");
+    println!("  presenter   {base}/present?token={token}");
     println!("  stream      {base}/live.webm");
     println!("  status      {base}/api/status");
     tracing::info!(%addr, passthrough = args.passthrough, "listening");

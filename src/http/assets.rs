@@ -18,6 +18,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../client/viewer.js"),
     ),
     (
+        "present.html",
+        "text/html; charset=utf-8",
+        include_bytes!("../../client/present.html"),
+    ),
+    (
         "style.css",
         "text/css; charset=utf-8",
         include_bytes!("../../client/style.css"),

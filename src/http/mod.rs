@@ -5,6 +5,7 @@
 
 mod assets;
 mod origin;
+pub mod publish;
 mod view;
 
 use std::convert::Infallible;
@@ -16,6 +17,8 @@ use std::time::Duration;
 use warp::Filter;
 
 use crate::broadcast::Hub;
+use crate::ingest::Sink;
+use publish::{PublishQuery, Publishing};
 
 /// Errors of the HTTP layer.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +30,9 @@ pub enum HttpError {
         error: std::io::Error,
     },
 }
+
+/// Largest WebSocket message a presenter may send (MediaRecorder chunks are far smaller).
+const MAX_PUBLISH_MESSAGE: usize = 8 * 1024 * 1024;
 
 /// Settings the handlers need.
 #[derive(Debug, Clone)]
@@ -47,10 +53,29 @@ impl Default for HttpConfig {
 }
 
 /// What every handler gets: one cheap clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct App {
     pub hub: Hub,
+    /// Where presenters' uploads go (the pipeline, or the hub in passthrough mode).
+    pub sink: Sink,
+    pub publishing: Arc<Publishing>,
     pub config: Arc<HttpConfig>,
+}
+
+impl App {
+    /// The JSON for `/api/status`: the hub's figures, plus the pipeline's in annotation mode.
+    pub fn status(&self) -> serde_json::Value {
+        let mut status = serde_json::to_value(self.hub.status()).expect("status serializes");
+        let pipeline = self.sink.pipeline().map(|p| p.stats());
+        status["mode"] = if pipeline.is_some() {
+            "annotate"
+        } else {
+            "passthrough"
+        }
+        .into();
+        status["pipeline"] = serde_json::to_value(pipeline).expect("stats serialize");
+        status
+    }
 }
 
 fn with_app(app: App) -> impl Filter<Extract = (App,), Error = Infallible> + Clone {
@@ -72,7 +97,7 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = In
         .and(with_app(app.clone()))
         .map(|app: App| {
             warp::reply::with_header(
-                warp::reply::json(&app.hub.status()),
+                warp::reply::json(&app.status()),
                 "cache-control",
                 "no-store",
             )
@@ -85,6 +110,52 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = In
         .map(|ws: warp::ws::Ws, app: App, remote: Option<SocketAddr>| {
             ws.on_upgrade(move |socket| view::websocket(socket, app, remote))
         });
+    let present = warp::path!("present")
+        .and(warp::get())
+        .map(|| assets::response("present.html"));
+    let ws_publish =
+        warp::path!("ws" / "publish")
+            .and(warp::query::<PublishQuery>())
+            .and(origin::check(app.config.clone()))
+            .and(warp::ws())
+            .and(with_app(app.clone()))
+            .and(warp::addr::remote())
+            .map(
+                |query: PublishQuery, ws: warp::ws::Ws, app: App, remote: Option<SocketAddr>| {
+                    // Refuse before the upgrade, so a browser sees a real 401/409.
+                    if let Err(refusal) = app
+                        .publishing
+                        .precheck(query.token.as_deref(), query.takeover)
+                    {
+                        tracing::warn!(?remote, ?refusal, "WebSocket publish refused");
+                        return warp::Reply::into_response(refusal.reply());
+                    }
+                    let takeover = query.takeover;
+                    warp::Reply::into_response(ws.max_message_size(MAX_PUBLISH_MESSAGE).on_upgrade(
+                        move |socket| publish::websocket(socket, app, takeover, remote),
+                    ))
+                },
+            );
+    let http_publish = warp::path!("publish")
+        .and(warp::put().or(warp::post()).unify())
+        .and(warp::query::<PublishQuery>())
+        .and(with_app(app.clone()))
+        .and(warp::addr::remote())
+        .and(warp::body::stream())
+        .then(
+            |query: PublishQuery, app: App, remote: Option<SocketAddr>, body| async move {
+                if let Err(refusal) = app
+                    .publishing
+                    .precheck(query.token.as_deref(), query.takeover)
+                {
+                    tracing::warn!(?remote, ?refusal, "HTTP publish refused");
+                    return warp::Reply::into_response(refusal.reply());
+                }
+                warp::Reply::into_response(
+                    publish::http_body(Box::pin(body), app, query.takeover, remote).await,
+                )
+            },
+        );
     let live = warp::path!("live.webm")
         .and(warp::get())
         .and(with_app(app))
@@ -93,6 +164,9 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = In
     health
         .or(status)
         .or(ws_view)
+        .or(ws_publish)
+        .or(http_publish)
+        .or(present)
         .or(live)
         .or(index)
         .or(page)

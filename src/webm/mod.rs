@@ -5,6 +5,7 @@ pub mod codecs;
 pub mod ebml;
 pub mod live;
 pub mod reader;
+pub mod writer;
 
 pub use live::{InitSegment, LiveMuxer, Output, StreamInfo};
 pub use reader::{Block, Event, Info, StreamReader, Track, TrackKind, Tracks};

@@ -1,0 +1,115 @@
+//! Encode: annotated pictures to VP8 with libvpx in realtime mode (ffmpeg-next).
+//!
+//! Settings from PLATFORM.md: `deadline=realtime`, `cpu-used=8`, `lag-in-frames=0` (libvpx
+//! must not hold frames back to look ahead), time base 1/1000 so pts are milliseconds.
+//! Keyframes are forced every `keyframe_interval` by marking the picture as an I frame, so
+//! new viewers never wait longer than that for a join point.
+
+use std::time::Duration;
+
+use ffmpeg::util::frame::Video as VideoFrame;
+use ffmpeg_next as ffmpeg;
+
+/// Why encoding failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("FFmpeg has no VP8 encoder (libvpx)")]
+    NoEncoder,
+    #[error("FFmpeg: {0}")]
+    Ffmpeg(#[from] ffmpeg::Error),
+}
+
+/// One encoded frame.
+#[derive(Debug)]
+pub struct EncodedFrame {
+    pub pts_ms: i64,
+    pub keyframe: bool,
+    pub data: Vec<u8>,
+}
+
+/// A realtime VP8 encoder for one output size.
+pub struct Vp8Encoder {
+    encoder: ffmpeg::encoder::Video,
+    keyframe_interval_ms: i64,
+    last_keyframe: Option<i64>,
+    width: u32,
+    height: u32,
+}
+
+impl Vp8Encoder {
+    /// Opens libvpx for `width`x`height` YUV420P at `bitrate` bits/s.
+    pub fn new(
+        width: u32,
+        height: u32,
+        bitrate: usize,
+        keyframe_interval: Duration,
+    ) -> Result<Self, EncodeError> {
+        crate::decode::init();
+        let codec = ffmpeg::encoder::find_by_name("libvpx")
+            .or_else(|| ffmpeg::encoder::find(ffmpeg::codec::Id::VP8))
+            .ok_or(EncodeError::NoEncoder)?;
+        let mut encoder = ffmpeg::codec::Context::new_with_codec(codec)
+            .encoder()
+            .video()?;
+        encoder.set_width(width);
+        encoder.set_height(height);
+        encoder.set_format(ffmpeg::format::Pixel::YUV420P);
+        encoder.set_time_base((1, 1000));
+        encoder.set_bit_rate(bitrate);
+        // We force keyframes ourselves; libvpx's own maximum is only a backstop.
+        encoder.set_gop(600);
+        let mut options = ffmpeg::Dictionary::new();
+        options.set("deadline", "realtime");
+        options.set("cpu-used", "8");
+        options.set("lag-in-frames", "0");
+        options.set("auto-alt-ref", "0");
+        options.set("error-resilient", "1");
+        let encoder = encoder.open_as_with(codec, options)?;
+        Ok(Vp8Encoder {
+            encoder,
+            keyframe_interval_ms: keyframe_interval.as_millis().max(1) as i64,
+            last_keyframe: None,
+            width,
+            height,
+        })
+    }
+
+    /// The picture size this encoder takes.
+    pub fn size(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+
+    /// Encodes one picture at `pts_ms`; returns what libvpx produced (with `lag-in-frames=0`,
+    /// normally exactly this frame).
+    pub fn encode(
+        &mut self,
+        picture: &mut VideoFrame,
+        pts_ms: i64,
+    ) -> Result<Vec<EncodedFrame>, EncodeError> {
+        let due = self
+            .last_keyframe
+            .is_none_or(|last| pts_ms - last >= self.keyframe_interval_ms);
+        picture.set_kind(if due {
+            ffmpeg::picture::Type::I
+        } else {
+            ffmpeg::picture::Type::None
+        });
+        picture.set_pts(Some(pts_ms));
+        self.encoder.send_frame(picture)?;
+        let mut out = Vec::new();
+        let mut packet = ffmpeg::Packet::empty();
+        while self.encoder.receive_packet(&mut packet).is_ok() {
+            let pts = packet.pts().unwrap_or(pts_ms);
+            let keyframe = packet.is_key();
+            if keyframe {
+                self.last_keyframe = Some(pts);
+            }
+            out.push(EncodedFrame {
+                pts_ms: pts,
+                keyframe,
+                data: packet.data().unwrap_or_default().to_vec(),
+            });
+        }
+        Ok(out)
+    }
+}
