@@ -9,7 +9,7 @@ use common::*;
 use futures_util::FutureExt;
 use lenscast::broadcast::{ChunkKind, Hub};
 use lenscast::http::HttpConfig;
-use lenscast::ingest::{self, Input};
+use lenscast::ingest::{self, Feeder, Input, Sink, Target};
 use lenscast::webm::{Event, StreamReader};
 use tokio_tungstenite::tungstenite;
 
@@ -209,11 +209,13 @@ async fn garbage_on_stdin_ends_the_source_not_the_server() {
 /// Feeds a whole file's events into the hub as one source, unpaced.
 async fn feed(hub: &Hub, name: &str, path: &str) {
     let bytes = std::fs::read(fixture_path(path)).unwrap();
-    hub.source_started(name);
-    ingest::read_stream(name, bytes.as_slice(), None, hub)
+    let sink = Sink::new(Target::Hub(hub.clone()));
+    let id = sink.begin(name, false).await;
+    let mut feeder = Feeder::new(name, sink.clone(), id, None, false);
+    ingest::read_all(name, bytes.as_slice(), &mut feeder)
         .await
         .unwrap();
-    hub.source_ended("end of stream");
+    sink.end(id, "end of stream", false).await;
 }
 
 /// Takes every chunk a viewer has ready without waiting.

@@ -23,6 +23,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../client/present.html"),
     ),
     (
+        "present.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../client/present.js"),
+    ),
+    (
         "style.css",
         "text/css; charset=utf-8",
         include_bytes!("../../client/style.css"),

@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lenscast::broadcast::Hub;
+use lenscast::http::publish::Publishing;
 use lenscast::http::{self, App, HttpConfig};
-use lenscast::ingest::{self, Input};
+use lenscast::ingest::{self, Input, Sink, Target};
+use lenscast::pipeline::{Pipeline, PipelineConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -22,10 +24,14 @@ pub fn fixture_path(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The publish token the in-process test servers use.
+pub const TOKEN: &str = "test-token";
+
 /// A server running inside the test process.
 pub struct TestServer {
     pub addr: SocketAddr,
     pub hub: Hub,
+    pub sink: Sink,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -37,13 +43,36 @@ impl Drop for TestServer {
     }
 }
 
-/// Starts the real routes on 127.0.0.1:0 with `input` (if any) feeding the hub.
+/// Starts the real routes on 127.0.0.1:0 in passthrough mode, with `input` (if any).
 pub async fn start(input: Option<Input>, config: HttpConfig) -> TestServer {
     let hub = Hub::default();
+    start_with(hub.clone(), Target::Hub(hub), input, config).await
+}
+
+/// Starts the real routes in annotation mode (decode, detect faces, re-encode).
+pub async fn start_annotating(
+    input: Option<Input>,
+    pipeline: PipelineConfig,
+    config: HttpConfig,
+) -> TestServer {
+    let hub = Hub::default();
+    let target = Target::Pipeline(Pipeline::start(hub.clone(), pipeline).expect("pipeline starts"));
+    start_with(hub, target, input, config).await
+}
+
+async fn start_with(
+    hub: Hub,
+    target: Target,
+    input: Option<Input>,
+    config: HttpConfig,
+) -> TestServer {
+    let sink = Sink::new(target);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = App {
         hub: hub.clone(),
+        sink: sink.clone(),
+        publishing: Arc::new(Publishing::new(TOKEN.to_string())),
         config: Arc::new(config),
     };
     let mut tasks = vec![tokio::spawn(http::serve(
@@ -52,12 +81,17 @@ pub async fn start(input: Option<Input>, config: HttpConfig) -> TestServer {
         std::future::pending(),
     ))];
     if let Some(input) = input {
-        let hub = hub.clone();
+        let sink = sink.clone();
         tasks.push(tokio::spawn(async move {
-            let _ = ingest::run(input, hub).await;
+            let _ = ingest::run(input, sink).await;
         }));
     }
-    TestServer { addr, hub, tasks }
+    TestServer {
+        addr,
+        hub,
+        sink,
+        tasks,
+    }
 }
 
 /// What a WebSocket viewer received: the init messages (JSON) and all binary bytes in order.

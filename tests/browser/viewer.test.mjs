@@ -1,0 +1,87 @@
+// The viewer page in headless Chromium against the real server: `node --test tests/browser/`.
+// Needs target/release/lenscast (or LENSCAST_BIN) and fixtures/*.webm.
+
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import {
+  describe,
+  frameStats,
+  launchBrowser,
+  openViewer,
+  sleep,
+  startServer,
+  waitForPlayback,
+} from './helpers.mjs';
+
+// Frames with a mean luma above this and some spread are real pictures, not black or blank.
+const MIN_MEAN_LUMA = 20;
+const MIN_LUMA_STDDEV = 5;
+
+/** Starts the server and a browser, runs `body`, and always cleans both up. */
+async function withServerAndBrowser(fixture, body) {
+  const server = await startServer(fixture);
+  let browser;
+  try {
+    browser = await launchBrowser();
+    await body(server, browser.context);
+  } catch (err) {
+    err.message += `\n--- server output ---\n${server.log()}`;
+    throw err;
+  } finally {
+    await browser?.close();
+    await server.stop();
+  }
+}
+
+/** Asserts the page shows a real picture; a few tries, since one frame may be a dark one. */
+async function assertNotBlack(page) {
+  let stats;
+  for (let attempt = 0; attempt < 10; attempt++) {
+    stats = await frameStats(page);
+    if (stats.mean > MIN_MEAN_LUMA && stats.stddev > MIN_LUMA_STDDEV) return stats;
+    await sleep(300);
+  }
+  assert.fail(`frame looks black: ${JSON.stringify(stats)}\n${await describe(page)}`);
+}
+
+async function assertNearLive(page) {
+  const behind = await page.evaluate(() => window.lenscast.behindLive);
+  assert.ok(behind !== null && behind < 3, `behindLive = ${behind}\n${await describe(page)}`);
+}
+
+test('video: two viewers, one joining later, both play real frames near live', { timeout: 90000 }, async () => {
+  await withServerAndBrowser('face.webm', async (server, context) => {
+    const first = await openViewer(context, server.url);
+    await waitForPlayback(first, 1, 20000);
+    await assertNotBlack(first);
+    await assertNearLive(first);
+
+    // The second viewer joins mid-stream: it must start at a keyframe Cluster and seek into it.
+    await sleep(3000);
+    const second = await openViewer(context, server.url);
+    await waitForPlayback(second, 1, 20000);
+    await assertNotBlack(second);
+    await assertNearLive(second);
+
+    const state = await second.evaluate(() => window.lenscast);
+    assert.match(state.mime, /^video\/webm/);
+    assert.equal(state.audioOnly, false);
+    assert.ok(state.appendedBytes > 0);
+
+    // The first viewer kept playing while the second joined.
+    await assertNearLive(first);
+    assert.ok(await first.evaluate(() => window.__played > 3), await describe(first));
+  });
+});
+
+test('audio only: an Opus stream plays in the same page', { timeout: 60000 }, async () => {
+  await withServerAndBrowser('opus.webm', async (server, context) => {
+    const page = await openViewer(context, server.url);
+    await waitForPlayback(page, 1, 20000);
+    const state = await page.evaluate(() => window.lenscast);
+    assert.match(state.mime, /^audio\/webm/);
+    assert.equal(state.audioOnly, true);
+    assert.match(await page.textContent('#status'), /audio only/);
+    await assertNearLive(page);
+  });
+});
