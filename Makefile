@@ -24,7 +24,8 @@ run: deps build
 
 ## test: install what is missing, then run every test (Rust unit + integration, browser).
 test: deps build
-	cargo test --release --all-targets
+	# One test at a time: the pipeline tests are CPU-bound, and this machine has two cores.
+	cargo test --release --all-targets -- --test-threads=1
 	LENSCAST_BIN=$(CURDIR)/$(BIN) node --test --test-concurrency=1 tests/browser/
 
 deps: apt npm
@@ -51,10 +52,11 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 
-## bench: the fan-out benchmark (100 and 1000 WebSocket viewers, 30 s each).
+## bench: the fan-out benchmark (100 and 1000 WebSocket viewers, 30 s each; results in
+## target/bench/fanout.json). e.g. `make bench BENCH_ARGS="--viewers 10 --seconds 5"`.
 bench: deps build
 	ulimit -n 65536 2>/dev/null || ulimit -n $$(ulimit -Hn)
-	cargo run --release --bin fanout-bench -- --server $(BIN) $(BENCH_ARGS)
+	cargo bench --bench fanout -- --server $(BIN) $(BENCH_ARGS)
 
 ## fixtures: regenerate the committed media in fixtures/ (see fixtures/README.md).
 fixtures: deps

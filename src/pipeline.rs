@@ -9,7 +9,8 @@
 //! frames reference earlier ones, but a frame that reaches the encoder more than `max_lag`
 //! after it arrived is dropped (not annotated, not encoded) and counted in `frames_dropped`.
 //! That sheds load in whole frames and lets the path catch up to the live edge instead of
-//! falling ever further behind. The next encoded frame after a drop is still valid VP8:
+//! falling ever further behind. However late frames are, one is still encoded at least
+//! every `MAX_ENCODE_GAP` (200 ms), so viewers see a slower picture, never a frozen one. The next encoded frame after a drop is still valid VP8:
 //! the encoder, not the decoder, decides references.
 //!
 //! The output is one continuous stream for as long as the server runs: sources (the demo,
@@ -188,6 +189,8 @@ struct Worker {
     output: Option<Output>,
     converter: Converter,
     last_out_ms: Option<i64>,
+    /// When the last frame went to the encoder (for the overload policy).
+    last_encode: Option<Instant>,
     frame_gap_ms: i64,
     decoded: Vec<ffmpeg_next::util::frame::Video>,
     latencies: VecDeque<f64>,
@@ -213,6 +216,7 @@ impl Worker {
             output: None,
             converter: Converter::default(),
             last_out_ms: None,
+            last_encode: None,
             frame_gap_ms: 33,
             decoded: Vec::new(),
             latencies: VecDeque::with_capacity(LATENCY_SAMPLES),
@@ -374,10 +378,15 @@ impl Worker {
     ) {
         self.local.frames_in += 1;
         self.rate_in.tick();
-        if arrived.elapsed() > self.config.max_lag {
+        let late = arrived.elapsed() > self.config.max_lag;
+        let starving = self
+            .last_encode
+            .is_none_or(|at| at.elapsed() >= MAX_ENCODE_GAP);
+        if late && !starving {
             self.local.frames_dropped += 1;
             return;
         }
+        self.last_encode = Some(Instant::now());
         if self.output.is_none() && !self.open_output(frame.width(), frame.height()) {
             return;
         }
@@ -507,6 +516,9 @@ impl Worker {
         *self.stats.lock().expect("stats lock") = self.local.clone();
     }
 }
+
+/// Under overload, a frame is encoded at least this often however late it is.
+const MAX_ENCODE_GAP: Duration = Duration::from_millis(200);
 
 /// Latency samples kept for the p50/p99 shown in status.
 const LATENCY_SAMPLES: usize = 300;

@@ -117,11 +117,9 @@ impl Sink {
         }
     }
 
-    /// Source `id` stopped. A presenter's end lets the demo resume.
+    /// Source `id` stopped. A presenter's end lets the demo resume, unless another presenter
+    /// has already taken over (then `id` is no longer the active source).
     pub async fn end(&self, id: u64, reason: &str, presenter: bool) {
-        if presenter {
-            self.inner.presenter_live.send_replace(false);
-        }
         let was_active = {
             let mut active = self.inner.active.lock().expect("active lock");
             let was = *active == Some(id);
@@ -132,6 +130,9 @@ impl Sink {
         };
         if !was_active {
             return;
+        }
+        if presenter {
+            self.inner.presenter_live.send_replace(false);
         }
         match &self.inner.target {
             Target::Hub(hub) => hub.source_ended(reason),

@@ -105,10 +105,9 @@ pub struct LiveMuxer {
     scale: u64,
     /// The latest block time written to viewers, in ns on the output timeline.
     last_ns: Option<i128>,
-    /// Time of the latest frame of the join track (video, else audio), in output ns.
-    last_frame_ns: Option<i128>,
-    /// Spacing between the last two video (or audio) frames, to place the next source's start.
-    frame_ns: i128,
+    /// Per track: (latest block time, spacing to the block before), in output ns, so the next
+    /// source can start exactly where every track's last frame ends.
+    track_ends: Vec<(u64, i128, i128)>,
 }
 
 impl Default for LiveMuxer {
@@ -127,8 +126,7 @@ impl LiveMuxer {
             in_cluster: false,
             scale: 1_000_000,
             last_ns: None,
-            last_frame_ns: None,
-            frame_ns: DEFAULT_FRAME_NS,
+            track_ends: Vec::new(),
         }
     }
 
@@ -143,6 +141,17 @@ impl LiveMuxer {
         self.flush_pending(out, false);
         self.source = Source::default();
         self.in_cluster = false;
+    }
+
+    /// Forgets per-track timing when the track layout changes (new init segment).
+    fn reset_track_ends(&mut self) {
+        let end = self
+            .track_ends
+            .iter()
+            .map(|(_, last, spacing)| last + spacing)
+            .max();
+        // Keep one entry that carries the end of the old timeline.
+        self.track_ends = end.map(|e| vec![(u64::MAX, e, 0)]).unwrap_or_default();
     }
 
     /// Feeds one reader event; the resulting viewer stream pieces are appended to `out`.
@@ -181,6 +190,7 @@ impl LiveMuxer {
         if self.init.as_ref().map(|i| &i.bytes) != Some(&init.bytes) {
             let init = Arc::new(init);
             self.init = Some(init.clone());
+            self.reset_track_ends();
             self.scale = scale;
             out.push(Output::Init(init));
         }
@@ -198,8 +208,14 @@ impl LiveMuxer {
             }
         }
         let offset = offset.unwrap_or_else(|| {
-            // Place this Cluster one frame after the last block viewers got (or at 0).
-            let target_ns = self.last_ns.map_or(0, |last| last + self.frame_ns);
+            // Place this Cluster where the last frames viewers got end (or at 0), so the
+            // timeline has neither a gap (players stall at gaps) nor an overlap.
+            let target_ns = self
+                .track_ends
+                .iter()
+                .map(|(_, last, spacing)| last + spacing)
+                .max()
+                .unwrap_or(0);
             let target_ticks = (target_ns + scale - 1) / scale;
             target_ticks as i64 - source_ticks
         });
@@ -220,15 +236,19 @@ impl LiveMuxer {
         let offset = self.source.offset.unwrap_or(0);
         let ns = (block.timecode + offset) as i128 * self.scale as i128;
         let is_video = Some(block.track) == self.source.video_track;
-        // Estimate frame spacing from the track that decides join points (video, else audio).
-        if is_video || self.source.video_track.is_none() {
-            if let Some(previous) = self.last_frame_ns {
-                let delta = ns - previous;
+        match self
+            .track_ends
+            .iter_mut()
+            .find(|(track, _, _)| *track == block.track)
+        {
+            Some((_, last, spacing)) => {
+                let delta = ns - *last;
                 if delta > 0 && delta < 1_000_000_000 {
-                    self.frame_ns = delta;
+                    *spacing = delta;
                 }
+                *last = (*last).max(ns);
             }
-            self.last_frame_ns = Some(ns);
+            None => self.track_ends.push((block.track, ns, DEFAULT_FRAME_NS)),
         }
         self.last_ns = Some(self.last_ns.map_or(ns, |last| last.max(ns)));
 
@@ -437,7 +457,7 @@ mod tests {
             timecodes.windows(2).all(|w| w[1] > w[0]),
             "timecodes move forward: {timecodes:?}"
         );
-        // The loop joins one frame after the last block (2000 + 29*33 = 2957, +33).
+        // The loop starts where the last frame ends (2000 + 29*33 = 2957, +33).
         assert_eq!(timecodes[3], 2957 + 33);
     }
 

@@ -1,7 +1,7 @@
 // Shared pieces of the browser tests: start the real lenscast binary on a free port, launch the
 // system Chromium through playwright-core, and watch playback from inside the page.
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -39,16 +39,20 @@ export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
  * Starts `lenscast serve --passthrough --input <fixture>` on 127.0.0.1:0 and resolves once it
  * prints its viewer URL. `stop()` ends it; `log()` is its output so far, for failure messages.
  */
-export async function startServer(fixture, { timeoutMs = 15000 } = {}) {
+export async function startServer(fixture, options = {}) {
+  const input = path.resolve(REPO_ROOT, 'fixtures', fixture);
+  return startLenscast(['--passthrough', '--input', input], options);
+}
+
+/** Starts `lenscast serve --listen 127.0.0.1:0 <args>`; otherwise as `startServer`. */
+export async function startLenscast(args, { timeoutMs = 15000 } = {}) {
   if (!fs.existsSync(LENSCAST_BIN)) {
     throw new Error(`no server binary at ${LENSCAST_BIN} (build it, or set LENSCAST_BIN)`);
   }
-  const input = path.resolve(REPO_ROOT, 'fixtures', fixture);
-  const child = spawn(
-    LENSCAST_BIN,
-    ['serve', '--listen', '127.0.0.1:0', '--passthrough', '--input', input],
-    { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
+  const child = spawn(LENSCAST_BIN, ['serve', '--listen', '127.0.0.1:0', ...args], {
+    cwd: REPO_ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let output = '';
   child.stdout.on('data', (data) => (output += data));
   child.stderr.on('data', (data) => (output += data));
@@ -95,10 +99,11 @@ export async function startServer(fixture, { timeoutMs = 15000 } = {}) {
 }
 
 /**
- * Launches /usr/bin/chromium headless with a fresh profile in a temp dir. Every page gets a
- * playback meter (see `installPlaybackMeter`) before its own scripts run.
+ * Launches /usr/bin/chromium headless with a fresh profile in a temp dir, with `args` added to
+ * the standard flags. Every page gets a playback meter (see `installPlaybackMeter`) before its
+ * own scripts run.
  */
-export async function launchBrowser() {
+export async function launchBrowser({ args = [] } = {}) {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'lenscast-chromium-'));
   const removeProfile = () => fs.rmSync(profile, { recursive: true, force: true });
   leftovers.add(removeProfile);
@@ -107,7 +112,7 @@ export async function launchBrowser() {
     context = await chromium.launchPersistentContext(profile, {
       executablePath: '/usr/bin/chromium',
       headless: true,
-      args: CHROMIUM_ARGS,
+      args: [...CHROMIUM_ARGS, ...args],
       timeout: 30000,
     });
     await context.addInitScript(installPlaybackMeter);
@@ -154,6 +159,11 @@ export async function openViewer(context, url) {
   page.on('pageerror', (err) => lines.push(`pageerror: ${err.message}`));
   await page.goto(url, { timeout: 15000 });
   return page;
+}
+
+/** A page's console output so far (pages opened with `openViewer`), for failure messages. */
+export function consoleLines(page) {
+  return consoleLog.get(page) ?? [];
 }
 
 /** Waits until the page has played `seconds` of media; throws with the page's state if not. */
@@ -216,4 +226,27 @@ export async function frameStats(page) {
       stddev: Math.sqrt(Math.max(0, sumSquares / pixels - mean * mean)),
     };
   });
+}
+
+/**
+ * Makes a y4m file of the first `seconds` of `fixtures/<fixture>` (in a temp dir, removed at exit)
+ * and returns the Chromium flags for a fake camera that plays it in a loop, at the file's own rate.
+ */
+export function fakeCameraArgs(fixture, seconds) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lenscast-camera-'));
+  const removeDir = () => fs.rmSync(dir, { recursive: true, force: true });
+  leftovers.add(removeDir);
+  const y4m = path.join(dir, 'camera.y4m');
+  const input = path.resolve(REPO_ROOT, 'fixtures', fixture);
+  const ffmpeg = spawnSync(
+    'ffmpeg',
+    ['-v', 'error', '-i', input, '-pix_fmt', 'yuv420p', '-t', String(seconds), '-y', y4m],
+    { encoding: 'utf8' },
+  );
+  if (ffmpeg.status !== 0) throw new Error(`ffmpeg could not make ${y4m}: ${ffmpeg.error ?? ffmpeg.stderr}`);
+  return [
+    '--use-fake-device-for-media-stream',
+    '--use-fake-ui-for-media-stream',
+    `--use-file-for-fake-video-capture=${y4m}`,
+  ];
 }

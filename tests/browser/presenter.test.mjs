@@ -1,0 +1,270 @@
+// The presenter page in headless Chromium against the real server (annotating faces):
+// `node --test tests/browser/`. The camera is Chromium's fake device playing a y4m made here
+// from fixtures/face.webm. Needs target/release/lenscast (or LENSCAST_BIN) and ffmpeg.
+
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { before, test } from 'node:test';
+import {
+  REPO_ROOT,
+  consoleLines,
+  describe,
+  fakeCameraArgs,
+  launchBrowser,
+  openViewer,
+  sleep,
+  startLenscast,
+  waitForPlayback,
+} from './helpers.mjs';
+
+const TOKEN = 'presenter-test-token';
+// The server's face boxes are about RGB(45, 255, 26); many such pixels mean a boxed face.
+const MIN_GREEN_PIXELS = 500;
+const CLOCK_WINDOW_MS = 10000;
+const BENCH_FILE = path.join(REPO_ROOT, 'target/bench/glass-to-glass.json');
+
+let cameraArgs;
+before(() => {
+  cameraArgs = fakeCameraArgs('face.webm', 6);
+});
+
+/** Starts an annotating server with a known token and a browser with the fake camera. */
+async function withServerAndBrowser(body) {
+  const server = await startLenscast(['--publish-token', TOKEN]);
+  let browser;
+  try {
+    browser = await launchBrowser({ args: cameraArgs });
+    await body(server, browser.context);
+  } catch (err) {
+    err.message += `\n--- server output ---\n${server.log()}`;
+    throw err;
+  } finally {
+    await browser?.close();
+    await server.stop();
+  }
+}
+
+async function status(server) {
+  const response = await fetch(new URL('/api/status', server.url));
+  assert.equal(response.status, 200);
+  return response.json();
+}
+
+/** The presenter's state and console, as text for assertion messages. */
+async function describePresenter(page) {
+  const state = await page
+    .evaluate(() => ({
+      presenter: window.lenscastPresenter,
+      shown: document.getElementById('state').textContent,
+      message: document.getElementById('message').textContent,
+    }))
+    .catch((err) => ({ evaluateFailed: err.message }));
+  return `${JSON.stringify(state)}\nconsole:\n${consoleLines(page).join('\n')}`;
+}
+
+/** Opens the presenter page, waits for the camera, and clicks Start. */
+async function startPresenting(context, server, query = '') {
+  const page = await openViewer(context, `${server.url}present?token=${TOKEN}${query}`);
+  await page.waitForSelector('#start:not([disabled])', { timeout: 10000 });
+  await page.click('#start');
+  return page;
+}
+
+/** Waits for `predicate(window.lenscastPresenter)` in the page; throws with the page's state. */
+async function waitForPresenter(page, predicate, what, timeoutMs = 20000) {
+  try {
+    await page.waitForFunction(`!!window.lenscastPresenter && !!(${predicate})(window.lenscastPresenter)`, null, {
+      timeout: timeoutMs,
+      polling: 100,
+    });
+  } catch {
+    assert.fail(`presenter not ${what} within ${timeoutMs} ms: ${await describePresenter(page)}`);
+  }
+}
+
+/** Counts the server's box-green pixels in the viewer's current frame, at full size. */
+function greenPixels(page) {
+  return page.evaluate(() => {
+    const video = document.getElementById('video');
+    const canvas = document.createElement('canvas');
+    canvas.width = video.videoWidth;
+    canvas.height = video.videoHeight;
+    const ctx = canvas.getContext('2d', { willReadFrequently: true });
+    ctx.drawImage(video, 0, 0);
+    const { data } = ctx.getImageData(0, 0, canvas.width, canvas.height);
+    let green = 0;
+    for (let i = 0; i < data.length; i += 4) {
+      if (data[i + 1] > 200 && data[i] < 120 && data[i + 2] < 120) green++;
+    }
+    return green;
+  });
+}
+
+function percentile(sorted, p) {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+test('presenter: the camera goes live, the server boxes the face, a viewer sees it', { timeout: 120000 }, async () => {
+  await withServerAndBrowser(async (server, context) => {
+    const presenter = await startPresenting(context, server);
+    await waitForPresenter(
+      presenter,
+      (p) => p.state === 'live' && p.lastStats?.pipeline?.presenter_connected && p.lastStats.pipeline.frames_out > 0,
+      'live with frames out',
+    );
+    const { mime, bytesSent } = await presenter.evaluate(() => window.lenscastPresenter);
+    assert.match(mime, /^video\/webm;codecs=vp8/i);
+    assert.ok(bytesSent > 0);
+    assert.match(await presenter.textContent('#fps'), /^\d+\.\d \/ \d+\.\d$/);
+
+    const viewer = await openViewer(context, server.url);
+    await waitForPlayback(viewer, 1, 20000);
+    let green = 0;
+    for (let attempt = 0; attempt < 20 && green <= MIN_GREEN_PIXELS; attempt++) {
+      green = await greenPixels(viewer);
+      if (green <= MIN_GREEN_PIXELS) await sleep(250);
+    }
+    assert.ok(green > MIN_GREEN_PIXELS, `${green} box-green pixels\n${await describe(viewer)}`);
+
+    // The faces are the presenter's: the count grows while the presenter is the input.
+    const first = (await status(server)).pipeline;
+    assert.equal(first.presenter_connected, true, JSON.stringify(first));
+    await sleep(2000);
+    const later = (await status(server)).pipeline;
+    assert.equal(later.presenter_connected, true, JSON.stringify(later));
+    assert.ok(later.faces_total > first.faces_total, `faces_total ${first.faces_total} -> ${later.faces_total}`);
+
+    // Stop: the socket closes normally and the server goes back to its demo.
+    await presenter.click('#stop');
+    await waitForPresenter(presenter, (p) => p.state === 'idle', 'idle after Stop', 5000);
+    let pipeline = later;
+    for (let attempt = 0; attempt < 20 && pipeline.presenter_connected; attempt++) {
+      await sleep(250);
+      pipeline = (await status(server)).pipeline;
+    }
+    assert.equal(pipeline.presenter_connected, false, JSON.stringify(pipeline));
+  });
+});
+
+test('presenter: a wrong token is refused, with the server\'s 401 reason', { timeout: 60000 }, async () => {
+  await withServerAndBrowser(async (server, context) => {
+    const page = await openViewer(context, `${server.url}present?token=not-the-token`);
+    await page.waitForSelector('#start:not([disabled])', { timeout: 10000 });
+    await page.click('#start');
+    await waitForPresenter(page, (p) => p.state === 'refused', 'refused', 10000);
+    const { reason, bytesSent } = await page.evaluate(() => window.lenscastPresenter);
+    assert.equal(bytesSent, 0);
+    assert.match(reason, /^401 .*token/, await describePresenter(page));
+    assert.match(await page.textContent('#state'), /^refused: 401/);
+    assert.equal((await status(server)).pipeline.presenter_connected, false);
+  });
+});
+
+test('presenter: a second presenter gets 409, or takes over when asked', { timeout: 90000 }, async () => {
+  await withServerAndBrowser(async (server, context) => {
+    const first = await startPresenting(context, server);
+    await waitForPresenter(first, (p) => p.state === 'live', 'live');
+
+    const second = await startPresenting(context, server);
+    await waitForPresenter(second, (p) => p.state === 'refused', 'refused', 10000);
+    const { reason } = await second.evaluate(() => window.lenscastPresenter);
+    assert.match(reason, /^409 .*already live/, await describePresenter(second));
+    assert.equal(await first.evaluate(() => window.lenscastPresenter.state), 'live');
+
+    await second.check('#takeover');
+    await second.click('#start');
+    await waitForPresenter(second, (p) => p.state === 'live' && p.lastStats?.pipeline?.presenter_connected, 'live after take over');
+    await waitForPresenter(first, (p) => p.state === 'disconnected', 'disconnected', 10000);
+    assert.match(await first.evaluate(() => window.lenscastPresenter.reason), /took over/);
+  });
+});
+
+test('glass-to-glass: the presenter\'s clock read back on the viewer', { timeout: 120000 }, async () => {
+  await withServerAndBrowser(async (server, context) => {
+    const presenter = await startPresenting(context, server, '&clock=1');
+    await waitForPresenter(
+      presenter,
+      (p) => p.state === 'live' && p.lastStats?.pipeline?.presenter_connected && p.lastStats.pipeline.frames_out > 0,
+      'live with frames out',
+    );
+    const viewer = await openViewer(context, `${server.url}?clock=1`);
+    await waitForPlayback(viewer, 1, 20000);
+    // Joining and catching up to the live edge is not the steady state: measure after it.
+    await sleep(2000);
+    await viewer.evaluate(() => window.lenscast.glassToGlassMs.splice(0));
+    const behindLive = [];
+    for (let waited = 0; waited < CLOCK_WINDOW_MS; waited += 500) {
+      await sleep(500);
+      behindLive.push(await viewer.evaluate(() => window.lenscast.behindLive));
+    }
+    const samples = await viewer.evaluate(() => [...window.lenscast.glassToGlassMs]);
+    const pipeline = (await status(server)).pipeline;
+    const visibility = await presenter.evaluate(() => document.visibilityState);
+
+    const sorted = [...samples].sort((a, b) => a - b);
+    const p50 = percentile(sorted, 50);
+    const p90 = percentile(sorted, 90);
+    const behind = behindLive.filter((b) => b !== null).sort((a, b) => a - b);
+    console.log(`glass-to-glass p50=${p50} ms p90=${p90} ms n=${samples.length}`);
+    console.log(
+      `  viewer behind live p50=${percentile(behind, 50)?.toFixed(2)} s; server latency p50=` +
+        `${pipeline.latency_ms_p50?.toFixed(1)} ms p99=${pipeline.latency_ms_p99?.toFixed(1)} ms; ` +
+        `fps in/out ${pipeline.fps_in?.toFixed(1)}/${pipeline.fps_out?.toFixed(1)}; presenter tab ${visibility}`,
+    );
+    fs.mkdirSync(path.dirname(BENCH_FILE), { recursive: true });
+    fs.writeFileSync(
+      BENCH_FILE,
+      `${JSON.stringify(
+        {
+          measured_at: new Date().toISOString(),
+          window_ms: CLOCK_WINDOW_MS,
+          n: samples.length,
+          p50_ms: p50 ?? null,
+          p90_ms: p90 ?? null,
+          min_ms: sorted[0] ?? null,
+          max_ms: sorted[sorted.length - 1] ?? null,
+          viewer_behind_live_p50_s: percentile(behind, 50) ?? null,
+          server_latency_ms_p50: pipeline.latency_ms_p50,
+          server_latency_ms_p99: pipeline.latency_ms_p99,
+          samples_ms: samples,
+        },
+        null,
+        2,
+      )}\n`,
+    );
+
+    assert.ok(samples.length > 10, `only ${samples.length} clock samples\n${await describe(viewer)}`);
+    assert.ok(p50 < 5000, `glass-to-glass p50 ${p50} ms`);
+  });
+});
+
+test('presenter: a stream the server refuses, and a link too slow, are shown', { timeout: 90000 }, async () => {
+  await withServerAndBrowser(async (server, context) => {
+    // Bytes that are not WebM: the server closes with 1003 and says why.
+    const garbled = await openViewer(context, `${server.url}present?token=${TOKEN}`);
+    await garbled.waitForSelector('#start:not([disabled])', { timeout: 10000 });
+    await garbled.evaluate(() => {
+      const send = WebSocket.prototype.send;
+      WebSocket.prototype.send = function () {
+        return send.call(this, new TextEncoder().encode('this is not a WebM stream at all'));
+      };
+    });
+    await garbled.click('#start');
+    await waitForPresenter(garbled, (p) => p.state === 'refused', 'refused', 10000);
+    const refused = await garbled.evaluate(() => window.lenscastPresenter.reason);
+    assert.match(refused, /not valid live WebM.*\(close code 1003\)$/, await describePresenter(garbled));
+    assert.match(await garbled.textContent('#state'), /^refused: .*1003/);
+
+    // A socket that never drains: the page stops rather than buffering without end.
+    const slow = await openViewer(context, `${server.url}present?token=${TOKEN}`);
+    await slow.waitForSelector('#start:not([disabled])', { timeout: 10000 });
+    await slow.evaluate(() => {
+      Object.defineProperty(WebSocket.prototype, 'bufferedAmount', { get: () => 9 * 1024 * 1024 });
+    });
+    await slow.click('#start');
+    await waitForPresenter(slow, (p) => p.state === 'disconnected', 'disconnected', 10000);
+    assert.match(await slow.evaluate(() => window.lenscastPresenter.reason), /^upload too slow/);
+    assert.equal(await slow.isDisabled('#start'), false, 'Start is usable again');
+  });
+});

@@ -1,0 +1,457 @@
+//! The annotation pipeline end to end: presenters publish real WebM (over the WebSocket, and
+//! with the real ffmpeg CLI over HTTP PUT), the server decodes, detects faces, draws boxes and
+//! re-encodes; viewers' bytes are judged by ffmpeg, ffprobe and pixel checks.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use lenscast::http::HttpConfig;
+use lenscast::ingest::Input;
+use lenscast::pipeline::PipelineConfig;
+use lenscast::webm::{Event, StreamReader};
+use tokio_tungstenite::tungstenite::{self, protocol::frame::coding::CloseCode, Message};
+
+/// A file cut at block boundaries, each piece with the time it is due (real-time pacing).
+fn paced_pieces(bytes: &[u8]) -> Vec<(Duration, Vec<u8>)> {
+    let mut reader = StreamReader::new();
+    reader.push(bytes);
+    let mut pieces = Vec::new();
+    let mut start = 0usize;
+    let mut first_ms = None;
+    let mut scale = 1_000_000i64;
+    while let Some(event) = reader.next_event().unwrap() {
+        match event {
+            Event::Info(info) => scale = info.timestamp_scale as i64,
+            Event::Block(block) => {
+                let ms = block.timecode * scale / 1_000_000;
+                let first = *first_ms.get_or_insert(ms);
+                let end = reader.position() as usize;
+                let due = Duration::from_millis((ms - first).max(0) as u64);
+                pieces.push((due, bytes[start..end].to_vec()));
+                start = end;
+            }
+            _ => {}
+        }
+    }
+    if start < bytes.len() {
+        let due = pieces.last().map_or(Duration::ZERO, |p| p.0);
+        pieces.push((due, bytes[start..].to_vec()));
+    }
+    pieces
+}
+
+/// How a publish over the WebSocket ended: the server's close frame, if any.
+#[derive(Debug)]
+struct Closed {
+    code: Option<u16>,
+    reason: String,
+}
+
+type PublishSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect_presenter(addr: SocketAddr, query: &str) -> Result<PublishSocket, u16> {
+    let url = format!("ws://{addr}/ws/publish?{query}");
+    match tokio_tungstenite::connect_async(url).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+        Err(e) => panic!("unexpected connect error: {e}"),
+    }
+}
+
+/// Sends `pieces` on their schedule (or at once, unpaced); stops early if the server closes.
+/// Returns the server's close frame, or None if we finished and closed first.
+async fn publish(
+    socket: &mut PublishSocket,
+    pieces: &[(Duration, Vec<u8>)],
+    paced: bool,
+) -> Option<Closed> {
+    let started = tokio::time::Instant::now();
+    for (due, piece) in pieces {
+        if paced {
+            tokio::time::sleep_until(started + *due).await;
+        }
+        if socket.send(Message::binary(piece.clone())).await.is_err() {
+            break;
+        }
+        // Notice a close from the server without blocking the schedule.
+        while let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(1), socket.next()).await
+        {
+            if let Ok(Message::Close(frame)) = message {
+                return Some(closed(frame));
+            }
+        }
+    }
+    None
+}
+
+fn closed(frame: Option<tungstenite::protocol::CloseFrame>) -> Closed {
+    Closed {
+        code: frame.as_ref().map(|f| u16::from(f.code)),
+        reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),
+    }
+}
+
+/// Waits for the server to close the socket; returns its close frame.
+async fn wait_closed(socket: &mut PublishSocket) -> Closed {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, socket.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => return closed(frame),
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(_))) | Ok(None) => {
+                return Closed {
+                    code: None,
+                    reason: "connection dropped without a close frame".into(),
+                }
+            }
+            Err(_) => panic!("the server never closed the socket"),
+        }
+    }
+}
+
+/// Publishes and returns how the server closed the socket (it must close it).
+async fn refused(socket: &mut PublishSocket, pieces: &[(Duration, Vec<u8>)]) -> Closed {
+    match publish(socket, pieces, false).await {
+        Some(closed) => closed,
+        None => wait_closed(socket).await,
+    }
+}
+
+/// Bright-green pixels (the box colour) in video frame `index` of a WebM byte stream.
+fn green_pixels(bytes: &[u8], index: usize) -> usize {
+    let mut file = tempfile::Builder::new().suffix(".webm").tempfile().unwrap();
+    std::io::Write::write_all(&mut file, bytes).unwrap();
+    let output = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-i"])
+        .arg(file.path())
+        .args(["-vf", &format!("select=eq(n\\,{index})"), "-frames:v", "1"])
+        .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(!output.stdout.is_empty(), "frame {index} exists");
+    output
+        .stdout
+        .chunks_exact(3)
+        .filter(|p| p[1] > 200 && p[0] < 120 && p[2] < 120)
+        .count()
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(fixture_path(name)).unwrap()
+}
+
+async fn pipeline_status(addr: SocketAddr) -> serde_json::Value {
+    status(addr).await["pipeline"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_presenter_over_websocket_is_annotated_and_viewers_see_the_boxes() {
+    let server = start_annotating(None, PipelineConfig::default(), HttpConfig::default()).await;
+    let viewer = tokio::spawn(ws_collect(server.addr, Duration::from_secs(6)));
+    let mut presenter = connect_presenter(server.addr, &format!("token={TOKEN}"))
+        .await
+        .expect("presenter accepted");
+    let pieces = paced_pieces(&fixture("face.webm"));
+    let sent = tokio::spawn(async move {
+        let closed = publish(&mut presenter, &pieces[..pieces.len() * 2 / 3], true).await;
+        (presenter, closed)
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let live = pipeline_status(server.addr).await;
+    assert_eq!(live["presenter_connected"], true, "{live}");
+    assert_eq!(live["input"], "presenter:ws");
+    let (mut presenter, closed) = sent.await.unwrap();
+    assert!(
+        closed.is_none(),
+        "the server closed the presenter: {closed:?}"
+    );
+    presenter.close(None).await.unwrap();
+
+    let received = viewer.await.unwrap();
+    let frames = assert_decodes_from_start("viewer", &received.bytes);
+    assert!(
+        frames >= 60,
+        "only {frames} annotated frames reached the viewer"
+    );
+    let stats = pipeline_status(server.addr).await;
+    assert!(stats["faces_total"].as_u64().unwrap() > 10, "{stats}");
+    assert_eq!(stats["width"], 640);
+    // The box is really in the picture viewers decode, and the source had no such green.
+    assert!(green_pixels(&received.bytes, 45) > 1000);
+    assert!(green_pixels(&fixture("face.webm"), 45) < 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ffmpeg_cli_publishes_over_http_put_with_opus_passed_through() {
+    let server = start_annotating(None, PipelineConfig::default(), HttpConfig::default()).await;
+    let viewer = tokio::spawn(ws_collect(server.addr, Duration::from_secs(5)));
+    let url = format!("http://{}/publish?token={TOKEN}", server.addr);
+    let ffmpeg = tokio::task::spawn_blocking(move || {
+        Command::new("ffmpeg")
+            .args(["-nostdin", "-v", "error", "-re", "-i"])
+            .arg(fixture_path("face-opus.webm"))
+            .args([
+                "-t",
+                "4",
+                "-c:v",
+                "libvpx",
+                "-deadline",
+                "realtime",
+                "-cpu-used",
+                "8",
+            ])
+            .args(["-b:v", "1M", "-g", "30", "-c:a", "copy"])
+            .args(["-f", "webm", "-method", "PUT", &url])
+            .output()
+            .unwrap()
+    });
+    let received = viewer.await.unwrap();
+    let output = ffmpeg.await.unwrap();
+    assert!(output.status.success(), "ffmpeg: {output:?}");
+    assert_eq!(
+        received.inits.last().unwrap()["mime"],
+        "video/webm; codecs=\"vp8,opus\"",
+        "the Opus track is passed through: {:?}",
+        received.inits
+    );
+    // Only the last init counts for decoding: take the stream from its last init message on.
+    let errors = ffmpeg_errors(&received.bytes);
+    assert!(errors.trim().is_empty(), "{errors}");
+    let audio = packets(&received.bytes, "a").len();
+    assert!(
+        audio > 50,
+        "only {audio} Opus packets reached the viewer; {}",
+        status(server.addr).await
+    );
+    assert!(packets(&received.bytes, "v").len() > 30);
+    let stats = pipeline_status(server.addr).await;
+    assert!(stats["faces_total"].as_u64().unwrap() > 0, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_faces_are_found_in_a_test_pattern() {
+    let server = start_annotating(
+        Some(Input::File(fixture_path("testsrc.webm"))),
+        PipelineConfig::default(),
+        HttpConfig::default(),
+    )
+    .await;
+    let received = ws_collect(server.addr, Duration::from_secs(3)).await;
+    assert_decodes_from_start("testsrc viewer", &received.bytes);
+    let stats = pipeline_status(server.addr).await;
+    assert!(stats["frames_out"].as_u64().unwrap() > 30, "{stats}");
+    assert_eq!(stats["faces_total"], 0, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyframes_come_at_the_configured_spacing() {
+    let config = PipelineConfig {
+        keyframe_interval: Duration::from_millis(500),
+        ..PipelineConfig::default()
+    };
+    let server = start_annotating(
+        Some(Input::File(fixture_path("face.webm"))),
+        config,
+        HttpConfig::default(),
+    )
+    .await;
+    let received = ws_collect(server.addr, Duration::from_secs(4)).await;
+    assert_decodes_from_start("viewer", &received.bytes);
+    let keyframes: Vec<i64> = packets(&received.bytes, "v")
+        .into_iter()
+        .filter(|(_, key)| *key)
+        .map(|(pts, _)| pts)
+        .collect();
+    assert!(keyframes.len() >= 6, "{keyframes:?}");
+    for gap in keyframes.windows(2).map(|w| w[1] - w[0]) {
+        // 500 ms, rounded up to the next frame at 30 fps.
+        assert!(
+            (490..=570).contains(&gap),
+            "keyframe gap {gap} ms: {keyframes:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_presenter_reconnect_keeps_the_viewer_stream_continuous() {
+    let server = start_annotating(None, PipelineConfig::default(), HttpConfig::default()).await;
+    let viewer = tokio::spawn(ws_collect(server.addr, Duration::from_secs(6)));
+    let pieces = paced_pieces(&fixture("face.webm"));
+    let two_seconds = &pieces[..60];
+    for round in 0..2 {
+        let mut presenter = connect_presenter(server.addr, &format!("token={TOKEN}"))
+            .await
+            .unwrap_or_else(|code| panic!("round {round}: refused with {code}"));
+        assert!(publish(&mut presenter, two_seconds, true).await.is_none());
+        // Vanish without a close frame, as a crashed browser tab would.
+        drop(presenter);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let received = viewer.await.unwrap();
+    assert_eq!(
+        received.inits.len(),
+        1,
+        "the viewer never had to re-initialise"
+    );
+    assert!(!received.closed);
+    let frames = assert_decodes_from_start("viewer across a reconnect", &received.bytes);
+    assert!(frames > 90, "{frames} frames from two 2 s sessions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_uploads_end_only_their_own_connection() {
+    // The demo keeps running through all of this; one viewer watches the whole time.
+    let server = start_annotating(
+        Some(Input::File(fixture_path("face.webm"))),
+        PipelineConfig::default(),
+        HttpConfig::default(),
+    )
+    .await;
+    let addr = server.addr;
+    let viewer = tokio::spawn(ws_collect(addr, Duration::from_secs(12)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // No token, a wrong token: 401 before any upgrade.
+    assert_eq!(connect_presenter(addr, "").await.err(), Some(401));
+    assert_eq!(
+        connect_presenter(addr, "token=wrong").await.err(),
+        Some(401)
+    );
+    let (code, _, body) = http_put(addr, "/publish?token=wrong", b"\x1a\x45\xdf\xa3").await;
+    assert_eq!(code, 401, "{}", String::from_utf8_lossy(&body));
+
+    // Garbage.
+    let mut socket = connect_presenter(addr, &format!("token={TOKEN}"))
+        .await
+        .unwrap();
+    socket
+        .send(Message::binary(&b"\x00\x01garbage"[..]))
+        .await
+        .unwrap();
+    let closed = wait_closed(&mut socket).await;
+    assert_eq!(
+        closed.code,
+        Some(u16::from(CloseCode::Unsupported)),
+        "{closed:?}"
+    );
+    assert!(closed.reason.contains("not valid live WebM"), "{closed:?}");
+
+    // A codec we cannot decode: the CodecID of a real file, renamed.
+    let mut wrong_codec = fixture("vp8.webm");
+    let at = wrong_codec.windows(5).position(|w| w == b"V_VP8").unwrap();
+    wrong_codec[at..at + 5].copy_from_slice(b"V_XYZ");
+    let mut socket = connect_presenter(addr, &format!("token={TOKEN}"))
+        .await
+        .unwrap();
+    let closed = refused(&mut socket, &paced_pieces(&wrong_codec)[..3]).await;
+    assert!(
+        closed.reason.contains("V_XYZ is not supported"),
+        "{closed:?}"
+    );
+
+    // An oversized element: a SimpleBlock claiming 1 GiB, inside a MediaRecorder recording's
+    // unknown-size Cluster (in a known-size one, running past the Cluster is caught first).
+    let good = fixture("mediarecorder-vp8.webm");
+    let first_block = paced_pieces(&good)[0].1.len();
+    let mut oversized = good[..first_block].to_vec();
+    oversized.extend_from_slice(&[0xA3, 0x08, 0x40, 0, 0, 0]);
+    let mut socket = connect_presenter(addr, &format!("token={TOKEN}"))
+        .await
+        .unwrap();
+    socket.send(Message::binary(oversized)).await.unwrap();
+    let closed = wait_closed(&mut socket).await;
+    assert!(closed.reason.contains("limit"), "{closed:?}");
+
+    // Far faster than real time: a 6 s file in one go.
+    let mut socket = connect_presenter(addr, &format!("token={TOKEN}"))
+        .await
+        .unwrap();
+    let closed = refused(&mut socket, &paced_pieces(&fixture("face.webm"))).await;
+    assert_eq!(
+        closed.code,
+        Some(u16::from(CloseCode::Policy)),
+        "{closed:?}"
+    );
+    assert!(closed.reason.contains("ahead of real time"), "{closed:?}");
+
+    // One presenter at a time: 409, unless taking over, which ends the first with a reason.
+    let pieces = paced_pieces(&fixture("face.webm"));
+    let mut first = connect_presenter(addr, &format!("token={TOKEN}"))
+        .await
+        .unwrap();
+    assert!(publish(&mut first, &pieces[..10], true).await.is_none());
+    assert_eq!(
+        connect_presenter(addr, &format!("token={TOKEN}"))
+            .await
+            .err(),
+        Some(409)
+    );
+    let mut second = connect_presenter(addr, &format!("token={TOKEN}&takeover=1"))
+        .await
+        .expect("takeover accepted");
+    let closed = wait_closed(&mut first).await;
+    assert!(closed.reason.contains("took over"), "{closed:?}");
+    // The new presenter vanishes mid-Cluster.
+    let outcome = publish(&mut second, &pieces[..20], true).await;
+    assert!(
+        outcome.is_none(),
+        "the new presenter was refused: {outcome:?}"
+    );
+    let half_block = &pieces[20].1[..pieces[20].1.len() / 2];
+    second
+        .send(Message::binary(half_block.to_vec()))
+        .await
+        .unwrap();
+    drop(second);
+
+    // Through all of it, the viewer kept a stream that decodes without one error.
+    let received = viewer.await.unwrap();
+    assert!(!received.closed, "the viewer was disconnected");
+    assert_eq!(received.inits.len(), 1);
+    let frames = assert_decodes_from_start("viewer during bad uploads", &received.bytes);
+    assert!(frames > 200, "only {frames} frames in 12 s");
+    let (code, _, _) = http_get(addr, "/healthz", Duration::from_secs(2)).await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_websocket_checks_origin() {
+    let server = start_annotating(None, PipelineConfig::default(), HttpConfig::default()).await;
+    use tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{}/ws/publish?token={TOKEN}", server.addr)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("origin", "http://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("expected 403, got {other:?}"),
+    }
+}
+
+/// A raw HTTP PUT with a small body; returns (status, headers, body).
+async fn http_put(addr: SocketAddr, path: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw)).await;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head, raw[split + 4..].to_vec())
+}
