@@ -417,7 +417,11 @@ async fn bad_uploads_end_only_their_own_connection() {
     assert!(!received.closed, "the viewer was disconnected");
     assert_eq!(received.inits.len(), 1);
     let frames = assert_decodes_from_start("viewer during bad uploads", &received.bytes);
-    assert!(frames > 200, "only {frames} frames in 12 s");
+    assert!(
+        frames > 200,
+        "only {frames} frames in 12 s: {}",
+        status(addr).await
+    );
     let (code, _, _) = http_get(addr, "/healthz", Duration::from_secs(2)).await;
     assert_eq!(code, 200);
 }

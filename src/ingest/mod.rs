@@ -263,12 +263,14 @@ where
         let mut feeder = Feeder::new(name, sink.clone(), id, Some(Pacer::new()), false);
         let result = tokio::select! {
             result = loop_source(name, &mut feeder, &open) => result,
-            _ = wait_until(&mut presenter_live, true) => {
-                tracing::info!(source = name, "a presenter is live; pausing");
-                continue;
-            }
+            _ = wait_until(&mut presenter_live, true) => Err(IngestError::Superseded(name.into())),
         };
-        // Only errors get here: a looped source never ends by itself.
+        // A looped source ends only by error. Being superseded (the presenter's `begin` can
+        // reach us before the flag does) is a pause, not an end.
+        if let Err(IngestError::Superseded(_)) = result {
+            tracing::info!(source = name, "a presenter is live; pausing");
+            continue;
+        }
         finish(sink, id, &result).await;
         return result;
     }
