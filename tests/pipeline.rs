@@ -459,3 +459,34 @@ async fn http_put(addr: SocketAddr, path: &str, body: &[u8]) -> (u16, String, Ve
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     (status, head, raw[split + 4..].to_vec())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_from_mediarecorder_and_vp9_are_decoded() {
+    let server = start_annotating(None, PipelineConfig::default(), HttpConfig::default()).await;
+    // Chrome's `video/webm;codecs=h264` recording (Annex-B, no CodecPrivate), then VP9.
+    for (name, codec) in [
+        ("mediarecorder-h264.webm", "V_MPEG4/ISO/AVC"),
+        ("vp9.webm", "V_VP9"),
+    ] {
+        let before = pipeline_status(server.addr).await["frames_out"]
+            .as_u64()
+            .unwrap_or(0);
+        let mut presenter = connect_presenter(server.addr, &format!("token={TOKEN}"))
+            .await
+            .unwrap();
+        let pieces = paced_pieces(&fixture(name));
+        let viewer = tokio::spawn(ws_collect(server.addr, Duration::from_millis(2500)));
+        let outcome = publish(&mut presenter, &pieces, true).await;
+        assert!(outcome.is_none(), "{name}: refused: {outcome:?}");
+        let stats = pipeline_status(server.addr).await;
+        assert_eq!(stats["input_codec"], codec, "{stats}");
+        assert_eq!(stats["decode_errors"], 0, "{name}: {stats}");
+        let encoded = stats["frames_out"].as_u64().unwrap() - before;
+        assert!(
+            encoded > 30,
+            "{name}: only {encoded} frames encoded: {stats}"
+        );
+        presenter.close(None).await.unwrap();
+        assert_decodes_from_start(name, &viewer.await.unwrap().bytes);
+    }
+}
