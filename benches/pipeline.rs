@@ -1,0 +1,165 @@
+//! Pipeline benchmark: the face fixture (640x480, 30 fps, VP8) through decode → detect →
+//! VP8 encode → WebM → hub, in-process, with the real FFmpeg and OpenCV.
+//!
+//! Two measurements, each pinned to one core and then to two (via `sched_setaffinity`, in a
+//! child process per core count so every thread the pipeline starts inherits the mask):
+//! - throughput: source events as fast as the pipeline accepts them (backpressure), no
+//!   frame dropping: sustained frames/s out, per-stage ms;
+//! - live: the same file paced in real time (30 fps): server-side latency from a frame's
+//!   arrival to its bytes entering the broadcast (p50, p99), frames dropped.
+//!
+//! Run: `cargo bench --bench pipeline` (options: `--seconds N`). Figures are printed and
+//! written to `target/bench/pipeline.json`.
+
+use std::time::{Duration, Instant};
+
+use lenscast::broadcast::Hub;
+use lenscast::ingest::{self, Feeder, Pacer, Sink, Target};
+use lenscast::pipeline::{Pipeline, PipelineConfig, PipelineStats};
+
+const FIXTURE: &[u8] = include_bytes!("../fixtures/face.webm");
+
+#[derive(Debug, serde::Serialize)]
+struct Run {
+    cores: usize,
+    mode: &'static str,
+    seconds: f64,
+    fps_out: f64,
+    frames_out: u64,
+    frames_dropped: u64,
+    detections_per_s: f64,
+    decode_ms: f64,
+    detect_ms: f64,
+    encode_ms: f64,
+    latency_ms_p50: f64,
+    latency_ms_p99: f64,
+}
+
+fn pin_to_cores(cores: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity only
+    // touch that local set and this process's (thread group leader's) affinity.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..cores {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(rc, 0, "sched_setaffinity failed");
+    }
+}
+
+/// Feeds the fixture in a loop until `stop`, paced or not.
+async fn feed(sink: Sink, paced: bool, stop: Instant) {
+    let id = sink.begin("bench", false).await;
+    let pacer = paced.then(Pacer::new);
+    let mut feeder = Feeder::new("bench", sink.clone(), id, pacer, false);
+    while Instant::now() < stop {
+        ingest::read_all("bench", FIXTURE, &mut feeder)
+            .await
+            .expect("fixture feeds");
+        feeder.next_loop();
+    }
+}
+
+async fn measure(cores: usize, mode: &'static str, seconds: f64) -> Run {
+    let hub = Hub::default();
+    let config = PipelineConfig {
+        // Throughput: never drop, measure how fast frames can go. Live: the real policy.
+        max_lag: if mode == "throughput" {
+            Duration::from_secs(3600)
+        } else {
+            PipelineConfig::default().max_lag
+        },
+        ..PipelineConfig::default()
+    };
+    let pipeline = Pipeline::start(hub.clone(), config).expect("pipeline starts");
+    let sink = Sink::new(Target::Pipeline(pipeline.clone()));
+    let warmup = Duration::from_secs(2);
+    let window = Duration::from_secs_f64(seconds);
+    let stop = Instant::now() + warmup + window + Duration::from_secs(1);
+    let feeder = tokio::spawn(feed(sink, mode == "live", stop));
+    tokio::time::sleep(warmup).await;
+    let before: PipelineStats = pipeline.stats();
+    let started = Instant::now();
+    tokio::time::sleep(window).await;
+    let after = pipeline.stats();
+    let elapsed = started.elapsed().as_secs_f64();
+    feeder.abort();
+    let detections = |s: &PipelineStats| s.faces_total; // faces, one per detection here
+    Run {
+        cores,
+        mode,
+        seconds: elapsed,
+        fps_out: (after.frames_out - before.frames_out) as f64 / elapsed,
+        frames_out: after.frames_out - before.frames_out,
+        frames_dropped: after.frames_dropped - before.frames_dropped,
+        detections_per_s: (detections(&after) - detections(&before)) as f64 / elapsed,
+        decode_ms: after.decode_ms,
+        detect_ms: after.detect_ms,
+        encode_ms: after.encode_ms,
+        latency_ms_p50: after.latency_ms_p50,
+        latency_ms_p99: after.latency_ms_p99,
+    }
+}
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() {
+    let seconds: f64 = arg("--seconds").map_or(15.0, |s| s.parse().expect("--seconds N"));
+    if let Some(cores) = arg("--child-cores") {
+        // Child: pin first, so the runtime and pipeline threads inherit the mask.
+        let cores: usize = cores.parse().unwrap();
+        pin_to_cores(cores);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        for mode in ["throughput", "live"] {
+            let run = runtime.block_on(measure(cores, mode, seconds));
+            println!("{}", serde_json::to_string(&run).unwrap());
+        }
+        return;
+    }
+    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut runs: Vec<serde_json::Value> = Vec::new();
+    for cores in [1, 2].into_iter().filter(|&c| c <= available) {
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--child-cores", &cores.to_string(), "--seconds", &seconds.to_string()])
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("child runs");
+        assert!(output.status.success(), "child failed: {output:?}");
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            if let Ok(value) = serde_json::from_str(line) {
+                runs.push(value);
+            }
+        }
+    }
+    println!("\npipeline benchmark: face.webm 640x480 30 fps, {seconds} s windows");
+    println!(
+        "{:>5} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "cores", "mode", "fps_out", "dropped", "det/s", "decode", "detect", "encode", "lat p50", "lat p99"
+    );
+    for r in &runs {
+        println!(
+            "{:>5} {:>10} {:>8.1} {:>8} {:>8.1} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>7.1}ms {:>7.1}ms",
+            r["cores"], r["mode"].as_str().unwrap(), r["fps_out"].as_f64().unwrap(),
+            r["frames_dropped"], r["detections_per_s"].as_f64().unwrap(),
+            r["decode_ms"].as_f64().unwrap(), r["detect_ms"].as_f64().unwrap(),
+            r["encode_ms"].as_f64().unwrap(), r["latency_ms_p50"].as_f64().unwrap(),
+            r["latency_ms_p99"].as_f64().unwrap()
+        );
+    }
+    std::fs::create_dir_all("target/bench").unwrap();
+    std::fs::write(
+        "target/bench/pipeline.json",
+        serde_json::to_string_pretty(&runs).unwrap(),
+    )
+    .unwrap();
+}
