@@ -72,7 +72,7 @@ async fn measure(cores: usize, mode: &'static str, seconds: f64) -> Run {
         },
         ..PipelineConfig::default()
     };
-    let pipeline = Pipeline::start(hub.clone(), config).expect("pipeline starts");
+    let pipeline = Pipeline::start(hub.clone(), config, None).expect("pipeline starts");
     let sink = Sink::new(Target::Pipeline(pipeline.clone()));
     let warmup = Duration::from_secs(2);
     let window = Duration::from_secs_f64(seconds);
@@ -130,7 +130,12 @@ fn main() {
     let mut runs: Vec<serde_json::Value> = Vec::new();
     for cores in [1, 2].into_iter().filter(|&c| c <= available) {
         let output = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--child-cores", &cores.to_string(), "--seconds", &seconds.to_string()])
+            .args([
+                "--child-cores",
+                &cores.to_string(),
+                "--seconds",
+                &seconds.to_string(),
+            ])
             .stderr(std::process::Stdio::inherit())
             .output()
             .expect("child runs");
@@ -144,15 +149,29 @@ fn main() {
     println!("\npipeline benchmark: face.webm 640x480 30 fps, {seconds} s windows");
     println!(
         "{:>5} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "cores", "mode", "fps_out", "dropped", "det/s", "decode", "detect", "encode", "lat p50", "lat p99"
+        "cores",
+        "mode",
+        "fps_out",
+        "dropped",
+        "det/s",
+        "decode",
+        "detect",
+        "encode",
+        "lat p50",
+        "lat p99"
     );
     for r in &runs {
         println!(
             "{:>5} {:>10} {:>8.1} {:>8} {:>8.1} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>7.1}ms {:>7.1}ms",
-            r["cores"], r["mode"].as_str().unwrap(), r["fps_out"].as_f64().unwrap(),
-            r["frames_dropped"], r["detections_per_s"].as_f64().unwrap(),
-            r["decode_ms"].as_f64().unwrap(), r["detect_ms"].as_f64().unwrap(),
-            r["encode_ms"].as_f64().unwrap(), r["latency_ms_p50"].as_f64().unwrap(),
+            r["cores"],
+            r["mode"].as_str().unwrap(),
+            r["fps_out"].as_f64().unwrap(),
+            r["frames_dropped"],
+            r["detections_per_s"].as_f64().unwrap(),
+            r["decode_ms"].as_f64().unwrap(),
+            r["detect_ms"].as_f64().unwrap(),
+            r["encode_ms"].as_f64().unwrap(),
+            r["latency_ms_p50"].as_f64().unwrap(),
             r["latency_ms_p99"].as_f64().unwrap()
         );
     }

@@ -106,6 +106,7 @@ function startClock() {
   setInterval(draw, 1000 / CLOCK_FPS);
 }
 
+/** Draws `stamp` (32 bits) as the strip of cells at the bottom-left of a `height` px frame. */
 function drawClock(ctx, height, stamp) {
   const rows = (2 * CLOCK_BITS) / CLOCK_COLUMNS;
   const top = height - rows * CLOCK_CELL;
@@ -277,9 +278,9 @@ async function whyRefused() {
     if ([401, 403, 409].includes(response.status)) {
       return `${response.status} ${(await response.text()).trim()}`;
     }
-    return `refused or unreachable (the WebSocket failed; HTTP ${response.status} without it)`;
+    return 'refused or unreachable';
   } catch {
-    return 'refused or unreachable (the server does not answer)';
+    return 'refused or unreachable (no answer from the server)';
   }
 }
 

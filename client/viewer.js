@@ -7,9 +7,9 @@
 // keyframe, and Cluster timestamps only move forward, even across source restarts.
 
 const JUMP_BEHIND = 3; // seconds behind the live edge after which we jump instead of catching up
-const JUMP_TARGET = 0.5; // where a jump lands, in seconds behind the live edge
-const CATCH_UP_BEHIND = 1.0; // further behind than this, play slightly faster...
-const CAUGHT_UP_BEHIND = 0.5; // ...until closer than this
+const JUMP_TARGET = 0.3; // where a jump lands, in seconds behind the live edge
+const CATCH_UP_BEHIND = 0.5; // further behind than this, play slightly faster...
+const CAUGHT_UP_BEHIND = 0.25; // ...until closer than this
 const CATCH_UP_RATE = 1.1; // gentle enough that audio pitch change is barely audible
 const KEEP_PLAYED = 10; // seconds of played media kept, so hours of playback fit the quota
 const TRIM_EVERY_MS = 5000;

@@ -16,6 +16,9 @@
 //!   out, synchronous and byte-exact), and the live muxer that turns the events of one
 //!   source after another into a single viewer stream (init segment, unknown-size Clusters,
 //!   forward-only timestamps).
+//! - [`hls`]: the HLS mirror: the same annotated pictures encoded again to H.264 (libx264),
+//!   cut into MPEG-TS segments on forced keyframes, with a sliding live playlist, written
+//!   atomically into a directory made for the run.
 //! - [`broadcast`]: the hub. Caches the init segment and the latest keyframe Cluster so a new
 //!   viewer starts at once, and fans chunks out over a `tokio::sync::broadcast` channel; a
 //!   viewer that lags skips to the next keyframe Cluster.
@@ -30,6 +33,7 @@ pub mod annotate;
 pub mod broadcast;
 pub mod decode;
 pub mod encode;
+pub mod hls;
 pub mod http;
 pub mod ingest;
 pub mod pipeline;

@@ -8,10 +8,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lenscast::broadcast::Hub;
+use lenscast::hls::{HlsConfig, HlsMirror};
 use lenscast::http::publish::Publishing;
 use lenscast::http::{self, App, HttpConfig};
 use lenscast::ingest::{self, Input, Sink, Target};
-use lenscast::pipeline::{Pipeline, PipelineConfig};
+use lenscast::pipeline::{Mode, Pipeline, PipelineConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -67,6 +68,14 @@ struct ServeArgs {
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     allow_origin: Vec<String>,
 
+    /// Length of an HLS segment in seconds (the HLS mirror at /hls/live.m3u8).
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    hls_segment: f64,
+
+    /// Turn the HLS mirror off (no H.264 encode, no /hls/ files).
+    #[arg(long)]
+    no_hls: bool,
+
     /// Disconnect a viewer whose connection accepts no data for this many seconds.
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     viewer_timeout: f64,
@@ -110,6 +119,17 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Ctrl-C or SIGTERM (what `kill`, systemd and CI send), so the HLS directory is cleaned up.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
 /// A random 128-bit token, hex encoded.
 fn generate_token() -> String {
     let bytes: [u8; 16] = rand::random();
@@ -137,20 +157,51 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.keyframe_interval >= 0.1,
         "--keyframe-interval must be at least 0.1 s"
     );
+    anyhow::ensure!(
+        (0.5..=10.0).contains(&args.hls_segment),
+        "--hls-segment must be between 0.5 and 10 seconds"
+    );
     let hub = Hub::new(args.viewer_buffer);
-    let target = if args.passthrough {
-        Target::Hub(hub.clone())
+    let hls = if args.no_hls {
+        None
     } else {
-        let config = PipelineConfig {
+        let config = HlsConfig {
+            segment: Duration::from_secs_f64(args.hls_segment),
             bitrate: args.bitrate,
-            keyframe_interval: Duration::from_secs_f64(args.keyframe_interval),
-            ..PipelineConfig::default()
+            ..HlsConfig::default()
         };
-        Target::Pipeline(
-            Pipeline::start(hub.clone(), config).context("starting the annotation pipeline")?,
-        )
+        let mirror = HlsMirror::start(config).context("starting the HLS mirror")?;
+        tracing::info!(dir = %mirror.dir().display(), "HLS mirror writing segments");
+        Some(Arc::new(mirror))
     };
-    let sink = Sink::new(target);
+    let pipeline_config = PipelineConfig {
+        bitrate: args.bitrate,
+        keyframe_interval: Duration::from_secs_f64(args.keyframe_interval),
+        ..PipelineConfig::default()
+    };
+    let sink = if args.passthrough {
+        // Viewers get the source's own WebM; a decode-only pipeline feeds the HLS mirror.
+        let mirror = match &hls {
+            Some(hls) => Some(
+                Pipeline::start(
+                    hub.clone(),
+                    PipelineConfig {
+                        mode: Mode::MirrorOnly,
+                        ..pipeline_config
+                    },
+                    Some(hls.clone()),
+                )
+                .context("starting the HLS mirror's decoder")?,
+            ),
+            None => None,
+        };
+        Sink::with_mirror(Target::Hub(hub.clone()), mirror)
+    } else {
+        Sink::new(Target::Pipeline(
+            Pipeline::start(hub.clone(), pipeline_config, hls.clone())
+                .context("starting the annotation pipeline")?,
+        ))
+    };
     let token = match args.publish_token {
         Some(token) if !token.is_empty() => token,
         _ => generate_token(),
@@ -161,6 +212,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         hub: hub.clone(),
         sink: sink.clone(),
         publishing: Arc::new(Publishing::new(token.clone())),
+        hls: hls.clone(),
         config: Arc::new(HttpConfig {
             allowed_origins: args.allow_origin,
             viewer_send_timeout: Duration::from_secs_f64(args.viewer_timeout),
@@ -184,13 +236,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("  viewer      {base}/");
     println!("  presenter   {base}/present?token={token}");
     println!("  stream      {base}/live.webm");
+    if hls.is_some() {
+        println!("  hls         {base}/hls.html  (playlist {base}/hls/live.m3u8)");
+    }
     println!("  status      {base}/api/status");
     tracing::info!(%addr, passthrough = args.passthrough, "listening");
 
-    http::serve(listener, app, async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down");
-    })
-    .await;
+    http::serve(listener, app, shutdown_signal()).await;
+    // The pipeline thread still holds the mirror (it ends with the process), so remove the
+    // run directory here; a segment being written at this instant may need a second try.
+    if let Some(mirror) = hls {
+        let dir = mirror.dir().to_path_buf();
+        for _ in 0..3 {
+            if std::fs::remove_dir_all(&dir).is_ok() || !dir.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     Ok(())
 }

@@ -27,6 +27,7 @@ use crate::annotate::{self, Annotator};
 use crate::broadcast::Hub;
 use crate::decode::{Converter, VideoDecoder};
 use crate::encode::Vp8Encoder;
+use crate::hls::HlsMirror;
 use crate::webm::writer::{AudioTrack, LiveWriter, OutputTracks};
 use crate::webm::{Event, StreamReader, TrackKind};
 
@@ -49,9 +50,19 @@ pub enum Message {
     },
 }
 
+/// What the pipeline produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Detect faces, draw boxes, encode VP8 live WebM for the hub (and feed the HLS mirror).
+    Annotate,
+    /// Only decode and feed the HLS mirror (`--passthrough`: viewers get the source's WebM).
+    MirrorOnly,
+}
+
 /// Pipeline settings from the command line.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
+    pub mode: Mode,
     pub bitrate: usize,
     pub keyframe_interval: Duration,
     /// Frames later than this at the encoder are dropped (see the module docs).
@@ -63,6 +74,7 @@ pub struct PipelineConfig {
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
+            mode: Mode::Annotate,
             bitrate: 1_000_000,
             keyframe_interval: Duration::from_secs(1),
             max_lag: Duration::from_millis(300),
@@ -111,17 +123,27 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Starts the pipeline thread, writing into `hub`.
-    pub fn start(hub: Hub, config: PipelineConfig) -> Result<Self, PipelineError> {
-        let annotator = Annotator::start()?;
+    /// Starts the pipeline thread, writing into `hub` (in annotate mode) and offering every
+    /// picture to the HLS `mirror`, if there is one.
+    pub fn start(
+        hub: Hub,
+        config: PipelineConfig,
+        mirror: Option<Arc<HlsMirror>>,
+    ) -> Result<Self, PipelineError> {
+        let annotator = match config.mode {
+            Mode::Annotate => Some(Annotator::start()?),
+            Mode::MirrorOnly => None,
+        };
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let stats = Arc::new(Mutex::new(PipelineStats::default()));
         let worker_stats = stats.clone();
         std::thread::Builder::new()
             .name("pipeline".into())
             .spawn(move || {
-                hub.source_started("pipeline");
-                let mut worker = Worker::new(hub, config, annotator, worker_stats);
+                if config.mode == Mode::Annotate {
+                    hub.source_started("pipeline");
+                }
+                let mut worker = Worker::new(hub, config, annotator, mirror, worker_stats);
                 worker.run(rx);
             })
             .expect("spawning the pipeline thread");
@@ -183,12 +205,15 @@ impl Rate {
 struct Worker {
     hub: Hub,
     config: PipelineConfig,
-    annotator: Annotator,
+    annotator: Option<Annotator>,
+    mirror: Option<Arc<HlsMirror>>,
     reader: StreamReader,
     source: Option<Source>,
     output: Option<Output>,
     converter: Converter,
     last_out_ms: Option<i64>,
+    /// The mirror's picture size in mirror-only mode (fixed by the first picture).
+    mirror_size: Option<(u32, u32)>,
     /// When the last frame went to the encoder (for the overload policy).
     last_encode: Option<Instant>,
     frame_gap_ms: i64,
@@ -204,18 +229,21 @@ impl Worker {
     fn new(
         hub: Hub,
         config: PipelineConfig,
-        annotator: Annotator,
+        annotator: Option<Annotator>,
+        mirror: Option<Arc<HlsMirror>>,
         stats: Arc<Mutex<PipelineStats>>,
     ) -> Self {
         Worker {
             hub,
             config,
             annotator,
+            mirror,
             reader: StreamReader::new(),
             source: None,
             output: None,
             converter: Converter::default(),
             last_out_ms: None,
+            mirror_size: None,
             last_encode: None,
             frame_gap_ms: 33,
             decoded: Vec::new(),
@@ -387,6 +415,10 @@ impl Worker {
             return;
         }
         self.last_encode = Some(Instant::now());
+        if self.config.mode == Mode::MirrorOnly {
+            self.mirror_only(frame, pts, arrived);
+            return;
+        }
         if self.output.is_none() && !self.open_output(frame.width(), frame.height()) {
             return;
         }
@@ -400,10 +432,11 @@ impl Worker {
                 return;
             }
         };
-        self.annotator
-            .offer(picture.data(0), picture.stride(0), width, height, source_id);
-        let faces = self.annotator.current_faces(source_id);
-        annotate::draw_faces(&mut picture, &faces);
+        if let Some(annotator) = &self.annotator {
+            annotator.offer(picture.data(0), picture.stride(0), width, height, source_id);
+            let faces = annotator.current_faces(source_id);
+            annotate::draw_faces(&mut picture, &faces);
+        }
 
         // Timestamps into the encoder must rise strictly.
         let pts = self.last_out_ms.map_or(pts, |last| pts.max(last + 1));
@@ -414,6 +447,10 @@ impl Worker {
             }
         }
         self.last_out_ms = Some(pts);
+        // The HLS mirror gets the same annotated picture (it copies; it never blocks us).
+        if let Some(mirror) = &self.mirror {
+            mirror.offer(&picture, pts);
+        }
         let started = Instant::now();
         let encoded = match output.encoder.encode(&mut picture, pts) {
             Ok(encoded) => encoded,
@@ -439,6 +476,35 @@ impl Worker {
             self.local.frames_out += 1;
             self.rate_out.tick();
         }
+        self.record_latency(arrived);
+    }
+
+    /// `--passthrough`: viewers get the source's own WebM; the mirror still needs pictures.
+    fn mirror_only(&mut self, frame: &ffmpeg_next::util::frame::Video, pts: i64, arrived: Instant) {
+        let Some(mirror) = self.mirror.clone() else {
+            return;
+        };
+        // The first picture fixes the mirror's size, as the encoder's does in annotate mode.
+        let (width, height) = *self
+            .mirror_size
+            .get_or_insert((frame.width() & !1, frame.height() & !1));
+        match self.converter.convert(frame, width, height) {
+            Ok(picture) => {
+                let pts = self.last_out_ms.map_or(pts, |last| pts.max(last + 1));
+                self.last_out_ms = Some(pts);
+                mirror.offer(&picture, pts);
+                self.local.frames_out += 1;
+                self.rate_out.tick();
+                self.record_latency(arrived);
+            }
+            Err(error) => {
+                self.local.decode_errors += 1;
+                tracing::warn!(%error, "could not convert a decoded picture");
+            }
+        }
+    }
+
+    fn record_latency(&mut self, arrived: Instant) {
         if self.latencies.len() == LATENCY_SAMPLES {
             self.latencies.pop_front();
         }
@@ -500,10 +566,12 @@ impl Worker {
     }
 
     fn publish_stats(&mut self) {
-        let detect = self.annotator.stats();
-        self.local.detect_ms = detect.detect_ms;
-        self.local.faces_last = detect.faces_last;
-        self.local.faces_total = detect.faces_total;
+        if let Some(annotator) = &self.annotator {
+            let detect = annotator.stats();
+            self.local.detect_ms = detect.detect_ms;
+            self.local.faces_last = detect.faces_last;
+            self.local.faces_total = detect.faces_total;
+        }
         self.local.fps_in = self.rate_in.per_second;
         self.local.fps_out = self.rate_out.per_second;
         if !self.latencies.is_empty() {

@@ -1,5 +1,9 @@
 //! The browser pages from `client/`, embedded in the binary so it serves them from any working
-//! directory. Third-party browser code (hls.js) is not embedded: it comes from npm at build time.
+//! directory. Third-party browser code (hls.js) is neither committed nor embedded: `make`
+//! installs it from npm, and [`hls_js`] finds it in `node_modules` at run time.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use warp::http::header::{CACHE_CONTROL, CONTENT_TYPE};
@@ -7,6 +11,11 @@ use warp::http::{Response, StatusCode};
 
 /// (file name, content type, bytes) for every page file in `client/`.
 const FILES: &[(&str, &str, &[u8])] = &[
+    (
+        "hls.html",
+        "text/html; charset=utf-8",
+        include_bytes!("../../client/hls.html"),
+    ),
     (
         "index.html",
         "text/html; charset=utf-8",
@@ -56,5 +65,56 @@ pub fn response(name: &str) -> Response<Bytes> {
             .status(StatusCode::NOT_FOUND)
             .body(Bytes::from_static(b"not found"))
             .expect("static headers are valid"),
+    }
+}
+
+/// Where hls.js lives inside an npm install.
+const HLS_JS: &str = "node_modules/hls.js/dist/hls.min.js";
+
+/// Finds hls.js: `$LENSCAST_HLS_JS`, else `node_modules` in the working directory or in any
+/// directory above the executable (so `target/release/lenscast` finds the repository's).
+fn find_hls_js() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("LENSCAST_HLS_JS") {
+        return Some(PathBuf::from(path));
+    }
+    let from_cwd = std::env::current_dir().ok().map(|dir| dir.join(HLS_JS));
+    let exe = std::env::current_exe().ok();
+    let from_exe = exe
+        .iter()
+        .flat_map(|exe| exe.ancestors().skip(1))
+        .map(|dir| dir.join(HLS_JS));
+    from_cwd
+        .into_iter()
+        .chain(from_exe)
+        .find(|path| path.is_file())
+}
+
+/// `GET /vendor/hls.min.js`: hls.js from npm, located once and cached in memory.
+pub fn hls_js() -> warp::reply::Response {
+    static HLS_JS_BYTES: OnceLock<Option<Bytes>> = OnceLock::new();
+    let bytes = HLS_JS_BYTES.get_or_init(|| {
+        let path = find_hls_js()?;
+        match std::fs::read(&path) {
+            Ok(bytes) => Some(Bytes::from(bytes)),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot read hls.js");
+                None
+            }
+        }
+    });
+    match bytes {
+        Some(bytes) => Response::builder()
+            .header(CONTENT_TYPE, "text/javascript; charset=utf-8")
+            .header(CACHE_CONTROL, "public, max-age=3600")
+            .body(bytes.clone())
+            .expect("static headers are valid")
+            .map(Into::into),
+        None => Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Bytes::from_static(
+                b"hls.js is not installed: run `npm ci` in the lenscast directory (make does)\n",
+            ))
+            .expect("static headers are valid")
+            .map(Into::into),
     }
 }

@@ -4,6 +4,7 @@
 //! `with_app`, as in warp's own examples.
 
 mod assets;
+pub mod hls;
 mod origin;
 pub mod publish;
 mod view;
@@ -59,21 +60,25 @@ pub struct App {
     /// Where presenters' uploads go (the pipeline, or the hub in passthrough mode).
     pub sink: Sink,
     pub publishing: Arc<Publishing>,
+    /// The HLS mirror, unless `--no-hls`.
+    pub hls: Option<Arc<crate::hls::HlsMirror>>,
     pub config: Arc<HttpConfig>,
 }
 
 impl App {
-    /// The JSON for `/api/status`: the hub's figures, plus the pipeline's in annotation mode.
+    /// The JSON for `/api/status`: the hub's figures, the pipeline's and the HLS mirror's.
     pub fn status(&self) -> serde_json::Value {
         let mut status = serde_json::to_value(self.hub.status()).expect("status serializes");
-        let pipeline = self.sink.pipeline().map(|p| p.stats());
-        status["mode"] = if pipeline.is_some() {
+        let mode = if self.sink.annotates() {
             "annotate"
         } else {
             "passthrough"
-        }
-        .into();
+        };
+        status["mode"] = mode.into();
+        let pipeline = self.sink.pipeline().map(|p| p.stats());
         status["pipeline"] = serde_json::to_value(pipeline).expect("stats serialize");
+        let hls = self.hls.as_ref().map(|h| h.status());
+        status["hls"] = serde_json::to_value(hls).expect("stats serialize");
         status
     }
 }
@@ -110,6 +115,22 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = In
         .map(|ws: warp::ws::Ws, app: App, remote: Option<SocketAddr>| {
             ws.on_upgrade(move |socket| view::websocket(socket, app, remote))
         });
+    let hls_files = warp::path!("hls" / String)
+        .and(warp::get())
+        .and(with_app(app.clone()))
+        .map(|name: String, app: App| match &app.hls {
+            Some(mirror) => hls::response(mirror.dir(), &name),
+            None => warp::Reply::into_response(warp::reply::with_status(
+                "the HLS mirror is off (--no-hls)\n",
+                warp::http::StatusCode::NOT_FOUND,
+            )),
+        });
+    let hls_page = warp::path!("hls.html")
+        .and(warp::get())
+        .map(|| assets::response("hls.html"));
+    let hls_js = warp::path!("vendor" / "hls.min.js")
+        .and(warp::get())
+        .map(assets::hls_js);
     let present = warp::path!("present")
         .and(warp::get())
         .map(|| assets::response("present.html"));
@@ -117,11 +138,16 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = In
         warp::path!("ws" / "publish")
             .and(warp::query::<PublishQuery>())
             .and(origin::check(app.config.clone()))
-            .and(warp::ws())
+            // The upgrade is optional here so that a plain GET (all a page's `fetch` can send
+            // after its WebSocket failed) still learns the real reason: 401 or 409.
+            .and(warp::ws().map(Some).or(warp::any().map(|| None)).unify())
             .and(with_app(app.clone()))
             .and(warp::addr::remote())
             .map(
-                |query: PublishQuery, ws: warp::ws::Ws, app: App, remote: Option<SocketAddr>| {
+                |query: PublishQuery,
+                 ws: Option<warp::ws::Ws>,
+                 app: App,
+                 remote: Option<SocketAddr>| {
                     // Refuse before the upgrade, so a browser sees a real 401/409.
                     if let Err(refusal) = app
                         .publishing
@@ -130,6 +156,12 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = In
                         tracing::warn!(?remote, ?refusal, "WebSocket publish refused");
                         return warp::Reply::into_response(refusal.reply());
                     }
+                    let Some(ws) = ws else {
+                        return warp::Reply::into_response(warp::reply::with_status(
+                            "this endpoint takes a WebSocket upgrade (or use PUT /publish)\n",
+                            warp::http::StatusCode::BAD_REQUEST,
+                        ));
+                    };
                     let takeover = query.takeover;
                     warp::Reply::into_response(ws.max_message_size(MAX_PUBLISH_MESSAGE).on_upgrade(
                         move |socket| publish::websocket(socket, app, takeover, remote),
@@ -167,6 +199,9 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = In
         .or(ws_publish)
         .or(http_publish)
         .or(present)
+        .or(hls_files)
+        .or(hls_page)
+        .or(hls_js)
         .or(live)
         .or(index)
         .or(page)

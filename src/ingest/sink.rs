@@ -23,6 +23,8 @@ pub enum Target {
 
 struct Inner {
     target: Target,
+    /// In passthrough mode, a decode-only pipeline that feeds the HLS mirror.
+    mirror: Option<Pipeline>,
     active: Mutex<Option<u64>>,
     next_id: AtomicU64,
     presenter_live: watch::Sender<bool>,
@@ -41,9 +43,16 @@ pub struct Superseded;
 impl Sink {
     /// A sink delivering to `target`.
     pub fn new(target: Target) -> Self {
+        Self::with_mirror(target, None)
+    }
+
+    /// A sink delivering to `target` and also to `mirror` (a mirror-only pipeline, used with
+    /// `Target::Hub` so passthrough sources still get an HLS mirror).
+    pub fn with_mirror(target: Target, mirror: Option<Pipeline>) -> Self {
         Sink {
             inner: Arc::new(Inner {
                 target,
+                mirror,
                 active: Mutex::new(None),
                 next_id: AtomicU64::new(1),
                 presenter_live: watch::channel(false).0,
@@ -56,11 +65,11 @@ impl Sink {
         matches!(self.inner.target, Target::Pipeline(_))
     }
 
-    /// The pipeline, in annotation mode.
+    /// The pipeline: the annotating one, or in passthrough mode the mirror's, if any.
     pub fn pipeline(&self) -> Option<&Pipeline> {
         match &self.inner.target {
             Target::Pipeline(pipeline) => Some(pipeline),
-            Target::Hub(_) => None,
+            Target::Hub(_) => self.inner.mirror.as_ref(),
         }
     }
 
@@ -70,6 +79,15 @@ impl Sink {
         *self.inner.active.lock().expect("active lock") = Some(id);
         if presenter {
             self.inner.presenter_live.send_replace(true);
+        }
+        if let Some(mirror) = &self.inner.mirror {
+            mirror
+                .send(Message::Start {
+                    source: id,
+                    name: name.to_string(),
+                    presenter,
+                })
+                .await;
         }
         match &self.inner.target {
             Target::Hub(hub) => hub.source_started(name),
@@ -94,6 +112,16 @@ impl Sink {
     pub async fn event(&self, id: u64, event: Event) -> Result<(), Superseded> {
         if !self.is_active(id) {
             return Err(Superseded);
+        }
+        if let Some(mirror) = &self.inner.mirror {
+            // Blocks are `Bytes`: the clone shares them.
+            mirror
+                .send(Message::Event {
+                    source: id,
+                    event: event.clone(),
+                    arrived: Instant::now(),
+                })
+                .await;
         }
         match &self.inner.target {
             Target::Hub(hub) => hub.push(event),
@@ -133,6 +161,14 @@ impl Sink {
         }
         if presenter {
             self.inner.presenter_live.send_replace(false);
+        }
+        if let Some(mirror) = &self.inner.mirror {
+            mirror
+                .send(Message::End {
+                    source: id,
+                    reason: reason.to_string(),
+                })
+                .await;
         }
         match &self.inner.target {
             Target::Hub(hub) => hub.source_ended(reason),

@@ -71,7 +71,8 @@ async function startPresenting(context, server, query = '') {
   return page;
 }
 
-/** Waits for `predicate(window.lenscastPresenter)` in the page; throws with the page's state. */
+/** Waits for `predicate(window.lenscastPresenter)` in the page (a function, or its source);
+ *  throws with the page's state. */
 async function waitForPresenter(page, predicate, what, timeoutMs = 20000) {
   try {
     await page.waitForFunction(`!!window.lenscastPresenter && !!(${predicate})(window.lenscastPresenter)`, null, {
@@ -81,6 +82,22 @@ async function waitForPresenter(page, predicate, what, timeoutMs = 20000) {
   } catch {
     assert.fail(`presenter not ${what} within ${timeoutMs} ms: ${await describePresenter(page)}`);
   }
+}
+
+/**
+ * Waits until the presenter is live and the server turns its upload into frames: the server has
+ * bytes from it, names it as the input, and puts out more frames than when it took over. (The
+ * first stats message comes as the socket opens, before any upload, and the frame counters
+ * include the demo's frames from before.)
+ */
+async function waitForPresenterFrames(page) {
+  await waitForPresenter(
+    page,
+    (p) => p.state === 'live' && p.lastStats?.received_bytes > 0 && /presenter/.test(p.lastStats.pipeline?.input),
+    'live and received',
+  );
+  const { frames_out: before } = await page.evaluate(() => window.lenscastPresenter.lastStats.pipeline);
+  await waitForPresenter(page, `(p) => p.lastStats.pipeline.frames_out > ${before}`, 'putting frames out');
 }
 
 /** Counts the server's box-green pixels in the viewer's current frame, at full size. */
@@ -108,11 +125,7 @@ function percentile(sorted, p) {
 test('presenter: the camera goes live, the server boxes the face, a viewer sees it', { timeout: 120000 }, async () => {
   await withServerAndBrowser(async (server, context) => {
     const presenter = await startPresenting(context, server);
-    await waitForPresenter(
-      presenter,
-      (p) => p.state === 'live' && p.lastStats?.pipeline?.presenter_connected && p.lastStats.pipeline.frames_out > 0,
-      'live with frames out',
-    );
+    await waitForPresenterFrames(presenter);
     const { mime, bytesSent } = await presenter.evaluate(() => window.lenscastPresenter);
     assert.match(mime, /^video\/webm;codecs=vp8/i);
     assert.ok(bytesSent > 0);
@@ -183,11 +196,7 @@ test('presenter: a second presenter gets 409, or takes over when asked', { timeo
 test('glass-to-glass: the presenter\'s clock read back on the viewer', { timeout: 120000 }, async () => {
   await withServerAndBrowser(async (server, context) => {
     const presenter = await startPresenting(context, server, '&clock=1');
-    await waitForPresenter(
-      presenter,
-      (p) => p.state === 'live' && p.lastStats?.pipeline?.presenter_connected && p.lastStats.pipeline.frames_out > 0,
-      'live with frames out',
-    );
+    await waitForPresenterFrames(presenter);
     const viewer = await openViewer(context, `${server.url}?clock=1`);
     await waitForPlayback(viewer, 1, 20000);
     // Joining and catching up to the live edge is not the steady state: measure after it.

@@ -56,7 +56,8 @@ pub async fn start_annotating(
     config: HttpConfig,
 ) -> TestServer {
     let hub = Hub::default();
-    let target = Target::Pipeline(Pipeline::start(hub.clone(), pipeline).expect("pipeline starts"));
+    let target =
+        Target::Pipeline(Pipeline::start(hub.clone(), pipeline, None).expect("pipeline starts"));
     start_with(hub, target, input, config).await
 }
 
@@ -73,6 +74,7 @@ async fn start_with(
         hub: hub.clone(),
         sink: sink.clone(),
         publishing: Arc::new(Publishing::new(TOKEN.to_string())),
+        hls: None,
         config: Arc::new(config),
     };
     let mut tasks = vec![tokio::spawn(http::serve(

@@ -1,0 +1,422 @@
+//! HLS mirror: the same annotated pictures as the WebM stream, encoded a second time to
+//! H.264 and cut into HLS segments, for players that only speak HLS (Safari, hls.js, VLC,
+//! a CDN in front).
+//!
+//! Data flow: [`HlsMirror::offer`] copies a picture into a small bounded queue (never waiting:
+//! when the queue is full the picture is dropped and counted) → the mirror's own thread
+//! runs the [`segmenter`] (libx264, one IDR per segment, each segment muxed into memory) →
+//! [`run_dir`] writes each segment and then the [`playlist`] atomically into a directory made
+//! for this run, and deletes old segments. `http::hls` serves the files from there.
+//!
+//! Segments are MPEG-TS, not fragmented MP4: every HLS player (Safari, hls.js, Android's
+//! ExoPlayer, VLC, ffmpeg) plays TS, each TS segment carries its own PAT/PMT and SPS/PPS so it
+//! needs no init segment (one file kind less to write, serve and keep consistent), and the
+//! playlist can stay at version 3. fMP4 would save a few percent of TS packet overhead, which
+//! does not matter at our bitrates.
+//!
+//! Nothing grows with time: the queue is bounded, a segment's bytes live in memory only until
+//! written, the playlist holds `window` segments, and the directory keeps about
+//! `2 × window + 1` segment files (see [`run_dir`] for the deletion rule). The directory is
+//! removed when the mirror is dropped.
+
+pub mod playlist;
+pub mod run_dir;
+pub mod segmenter;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use ffmpeg::util::frame::Video as VideoFrame;
+use ffmpeg_next as ffmpeg;
+
+use crate::decode::DecodeError;
+use playlist::Playlist;
+use run_dir::RunDir;
+use segmenter::{Segmenter, SegmenterConfig};
+
+/// The playlist's file name (and URL path segment).
+pub const PLAYLIST_NAME: &str = "live.m3u8";
+
+/// Pictures waiting for the encoder; more are dropped. A few frames absorb jitter, and a
+/// short queue keeps the mirror near the live edge when it cannot keep up.
+const QUEUE: usize = 8;
+
+/// A picture that arrives this far (ms) before the previous one starts a new timeline instead
+/// of being dropped as out of order (see `Worker::timestamp`).
+const TIMELINE_RESET_MS: i64 = 1000;
+
+/// Where a new timeline's first picture is placed after the old timeline's last: one frame
+/// at 30 fps.
+const REJOIN_GAP_MS: i64 = 33;
+
+/// The file name of segment `sequence`.
+pub fn segment_name(sequence: u64) -> String {
+    format!("seg-{sequence}.ts")
+}
+
+/// What a name in the run directory is, if it is one we serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// `live.m3u8`.
+    Playlist,
+    /// `seg-<n>.ts`.
+    Segment,
+}
+
+/// Classifies a requested file name: exactly `live.m3u8` or `seg-<digits>.ts`, nothing else
+/// (so no `..`, no slashes, no percent escapes, no `.tmp` files can ever be named).
+pub fn file_kind(name: &str) -> Option<FileKind> {
+    if name == PLAYLIST_NAME {
+        return Some(FileKind::Playlist);
+    }
+    let digits = name.strip_prefix("seg-")?.strip_suffix(".ts")?;
+    // Twenty digits hold any u64; longer names cannot be ours.
+    let ours =
+        !digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|b| b.is_ascii_digit());
+    ours.then_some(FileKind::Segment)
+}
+
+/// Why the HLS mirror failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HlsError {
+    #[error("FFmpeg has no H.264 encoder (libx264)")]
+    NoEncoder,
+    #[error("libx264 produced a packet without a timestamp")]
+    NoTimestamp,
+    #[error("cannot create the HLS directory {path}: {error}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("cannot write {path}: {error}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("cannot start the HLS thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("picture conversion: {0}")]
+    Convert(#[from] DecodeError),
+    #[error("FFmpeg: {0}")]
+    Ffmpeg(#[from] ffmpeg::Error),
+}
+
+/// HLS settings from the command line.
+#[derive(Debug, Clone)]
+pub struct HlsConfig {
+    /// Nominal segment length (segments are cut on the first picture at or past it).
+    pub segment: Duration,
+    /// Segments listed in the playlist.
+    pub window: usize,
+    /// Target bits per second for H.264.
+    pub bitrate: usize,
+    /// Where the run directory is created; `None` means the system temporary directory.
+    pub parent_dir: Option<PathBuf>,
+    /// libx264 preset: `veryfast` (~4.5 ms/frame at 640x480 here) or `ultrafast` (~1.9 ms).
+    pub preset: String,
+}
+
+impl Default for HlsConfig {
+    fn default() -> Self {
+        HlsConfig {
+            segment: Duration::from_secs(1),
+            window: 6,
+            bitrate: 1_000_000,
+            parent_dir: None,
+            preset: "veryfast".to_string(),
+        }
+    }
+}
+
+/// Figures for `/api/status`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct HlsStatus {
+    /// Segments listed in the playlist now.
+    pub segments: usize,
+    /// The newest segment's media sequence number.
+    pub latest_sequence: Option<u64>,
+    /// Segment files in the directory (listed plus recently removed from the playlist).
+    pub segments_on_disk: usize,
+    /// Moving average of encoding (and muxing) one picture, ms.
+    pub encode_ms: f64,
+    /// Pictures encoded since the start.
+    pub frames_encoded: u64,
+    /// Pictures not encoded: the queue was full, or they were out of order.
+    pub frames_dropped: u64,
+    /// The nominal segment length.
+    pub segment_duration_s: f64,
+    /// The playlist's EXT-X-TARGETDURATION.
+    pub target_duration_s: u64,
+    /// The H.264 picture size, once the first picture has arrived.
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// The run directory.
+    pub dir: PathBuf,
+    /// The latest error, if any (encoding goes on with the next picture or segment).
+    pub error: Option<String>,
+}
+
+/// State the mirror's thread and its handle share.
+struct Shared {
+    /// A std `Mutex`: held only to copy figures in or out, never across encoding.
+    status: Mutex<HlsStatus>,
+    /// Counted by `offer` on the caller's thread, without taking the lock.
+    dropped: AtomicU64,
+    /// Set by `Drop`, so the thread skips what is still queued instead of encoding it.
+    stopping: AtomicBool,
+}
+
+/// A picture waiting for the encoder.
+struct Offer {
+    picture: VideoFrame,
+    pts_ms: i64,
+    at: SystemTime,
+}
+
+/// The running mirror: an encoder thread and the directory it writes. Dropping it stops the
+/// thread and removes the directory.
+pub struct HlsMirror {
+    queue: Option<SyncSender<Offer>>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    dir: PathBuf,
+}
+
+impl HlsMirror {
+    /// Creates a fresh run directory (`<parent>/lenscast-hls-<pid>-<random>`) and starts the
+    /// encoder thread. Fails at once if FFmpeg has no libx264 or the directory cannot be made.
+    pub fn start(config: HlsConfig) -> Result<Self, HlsError> {
+        crate::decode::init();
+        ffmpeg::encoder::find_by_name("libx264").ok_or(HlsError::NoEncoder)?;
+        let segment = config.segment.max(Duration::from_millis(100));
+        let parent = config.parent_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let run_dir = RunDir::create(&parent, Playlist::new(segment, config.window))?;
+        let dir = run_dir.path().to_path_buf();
+        let shared = Arc::new(Shared {
+            status: Mutex::new(HlsStatus {
+                segment_duration_s: segment.as_secs_f64(),
+                target_duration_s: run_dir.playlist().target_duration,
+                dir: dir.clone(),
+                ..HlsStatus::default()
+            }),
+            dropped: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+        });
+        let (queue, pictures) = mpsc::sync_channel(QUEUE);
+        let segmenter = SegmenterConfig {
+            segment,
+            bitrate: config.bitrate,
+            preset: config.preset.clone(),
+        };
+        let worker_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("hls".into())
+            // The segmenter is made on the thread: FFmpeg's scaler inside it is not `Send`.
+            .spawn(move || Worker::new(segmenter, run_dir, worker_shared).run(pictures));
+        let thread = match thread {
+            Ok(thread) => thread,
+            Err(error) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(HlsError::Thread(error));
+            }
+        };
+        Ok(HlsMirror {
+            queue: Some(queue),
+            shared,
+            thread: Some(thread),
+            dir,
+        })
+    }
+
+    /// Offers one annotated picture with its output timestamp in ms (increasing). Never
+    /// blocks: the picture is copied into the queue, or dropped and counted if it is full.
+    pub fn offer(&self, picture: &VideoFrame, pts_ms: i64) {
+        let queue = self.queue.as_ref().expect("the queue lives until drop");
+        if picture.width() == 0 || picture.height() == 0 {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let offer = Offer {
+            picture: picture.clone(),
+            pts_ms,
+            at: SystemTime::now(),
+        };
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = queue.try_send(offer) {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A snapshot of the mirror's figures.
+    pub fn status(&self) -> HlsStatus {
+        let mut status = self.shared.status.lock().expect("hls status lock").clone();
+        status.frames_dropped += self.shared.dropped.load(Ordering::Relaxed);
+        status
+    }
+
+    /// The run directory the files are in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for HlsMirror {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread's loop; `stopping` makes it skip what is queued.
+        self.shared.stopping.store(true, Ordering::Relaxed);
+        self.queue.take();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the HLS thread panicked");
+            }
+        }
+        // The thread has finished (or died), so nothing writes here any more. It removes the
+        // directory itself on a normal exit; this covers a panic.
+        if self.dir.exists() {
+            if let Err(error) = std::fs::remove_dir_all(&self.dir) {
+                tracing::warn!(dir = %self.dir.display(), %error, "cannot remove the HLS directory");
+            }
+        }
+    }
+}
+
+/// The mirror's thread.
+struct Worker {
+    segmenter: Segmenter,
+    run_dir: Option<RunDir>,
+    shared: Arc<Shared>,
+    /// The first picture's pts and wall-clock time: segment timestamps count from that pts,
+    /// and PROGRAM-DATE-TIME is that wall-clock time plus the segment's timestamp, so dates
+    /// and EXTINF durations agree exactly.
+    anchor: Option<(i64, SystemTime)>,
+    last_ts: Option<i64>,
+    encode_ms: f64,
+    frames_encoded: u64,
+    error: Option<String>,
+}
+
+impl Worker {
+    fn new(segmenter: SegmenterConfig, run_dir: RunDir, shared: Arc<Shared>) -> Self {
+        Worker {
+            segmenter: Segmenter::new(segmenter),
+            run_dir: Some(run_dir),
+            shared,
+            anchor: None,
+            last_ts: None,
+            encode_ms: 0.0,
+            frames_encoded: 0,
+            error: None,
+        }
+    }
+
+    fn run(mut self, pictures: Receiver<Offer>) {
+        while let Ok(offer) = pictures.recv() {
+            if self.shared.stopping.load(Ordering::Relaxed) {
+                break;
+            }
+            self.handle(offer);
+        }
+        if let Some(run_dir) = self.run_dir.take() {
+            run_dir.remove();
+        }
+    }
+
+    fn handle(&mut self, offer: Offer) {
+        let Some(ts) = self.timestamp(offer.pts_ms, offer.at) else {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        self.last_ts = Some(ts);
+        let started = Instant::now();
+        let pushed = self.segmenter.push(offer.picture, ts);
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match pushed {
+            Ok(()) => {
+                self.frames_encoded += 1;
+                self.encode_ms = crate::annotate::smooth(self.encode_ms, elapsed_ms);
+            }
+            Err(error) => {
+                self.report(error);
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let (_, anchor_wall) = self.anchor.expect("timestamp() sets the anchor");
+        let run_dir = self
+            .run_dir
+            .as_mut()
+            .expect("the run dir lives until run() ends");
+        let mut failures = Vec::new();
+        for segment in self.segmenter.take_finished() {
+            let program_date_time = anchor_wall + Duration::from_millis(segment.start_ms as u64);
+            if let Err(error) = run_dir.publish(segment, program_date_time) {
+                failures.push(error);
+            }
+        }
+        for error in failures {
+            self.report(error);
+        }
+        self.update_status();
+    }
+
+    /// The picture's timestamp on the mirror's timeline (ms since the first picture), or `None`
+    /// to drop it. A slightly early picture is dropped (the encoder and muxer need strictly
+    /// increasing timestamps); one far in the past means the caller started a new timeline,
+    /// which is joined so that it continues ours one frame later.
+    fn timestamp(&mut self, pts_ms: i64, at: SystemTime) -> Option<i64> {
+        let (anchor_pts, _) = *self.anchor.get_or_insert((pts_ms, at));
+        let ts = pts_ms - anchor_pts;
+        let Some(last) = self.last_ts else {
+            return Some(ts);
+        };
+        if ts > last {
+            return Some(ts);
+        }
+        if last - ts < TIMELINE_RESET_MS {
+            return None;
+        }
+        let joined = last + REJOIN_GAP_MS;
+        tracing::warn!(
+            last,
+            ts,
+            "HLS input timestamps went back; continuing the timeline"
+        );
+        if let Some((anchor, _)) = self.anchor.as_mut() {
+            *anchor = pts_ms - joined;
+        }
+        Some(joined)
+    }
+
+    /// Logs an error once per distinct message (a missing encoder would otherwise log at the
+    /// frame rate) and shows it in the status.
+    fn report(&mut self, error: HlsError) {
+        let message = error.to_string();
+        if self.error.as_deref() != Some(message.as_str()) {
+            tracing::warn!(%message, "HLS mirror");
+            self.error = Some(message);
+        }
+    }
+
+    fn update_status(&self) {
+        let run_dir = self
+            .run_dir
+            .as_ref()
+            .expect("the run dir lives until run() ends");
+        let playlist = run_dir.playlist();
+        let size = self.segmenter.size();
+        let mut status = self.shared.status.lock().expect("hls status lock");
+        status.segments = playlist.segments.len();
+        status.latest_sequence = playlist.latest_sequence();
+        status.segments_on_disk = run_dir.segments_on_disk();
+        status.target_duration_s = playlist.target_duration;
+        status.encode_ms = self.encode_ms;
+        status.frames_encoded = self.frames_encoded;
+        status.width = size.map(|(w, _)| w);
+        status.height = size.map(|(_, h)| h);
+        status.error.clone_from(&self.error);
+    }
+}
