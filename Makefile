@@ -8,8 +8,7 @@ SHELL := /bin/bash
 APT_PACKAGES := pkg-config clang libclang-dev libopencv-dev opencv-data \
 	libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev \
 	ffmpeg mkvtoolnix chromium chromium-driver \
-	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-	nodejs npm
+	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
 
 LISTEN ?= 127.0.0.1:8080
 ARGS ?=
@@ -25,7 +24,7 @@ run: deps build
 ## test: install what is missing, then run every test (Rust unit + integration, browser).
 test: deps build
 	# One test at a time: the pipeline tests are CPU-bound, and this machine has two cores.
-	cargo test --release --all-targets -- --test-threads=1
+	cargo test --release --lib --bins --tests -- --test-threads=1
 	LENSCAST_BIN=$(CURDIR)/$(BIN) node --test --test-concurrency=1 tests/browser/
 
 deps: apt npm
@@ -37,6 +36,12 @@ apt:
 		echo "installing: $$missing"
 		$(SUDO) apt-get update -q
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing
+	fi
+	# Node.js may come from elsewhere than Debian (its nodejs then conflicts with Debian's npm):
+	# install Debian's only when there is no node or npm at all.
+	if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+		$(SUDO) apt-get update -q
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends nodejs npm
 	fi
 
 npm:

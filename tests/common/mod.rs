@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lenscast::broadcast::Hub;
+use lenscast::hls::{HlsConfig, HlsMirror};
 use lenscast::http::publish::Publishing;
 use lenscast::http::{self, App, HttpConfig};
 use lenscast::ingest::{self, Input, Sink, Target};
-use lenscast::pipeline::{Pipeline, PipelineConfig};
+use lenscast::pipeline::{Mode, Pipeline, PipelineConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -32,6 +33,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub hub: Hub,
     pub sink: Sink,
+    pub hls: Option<Arc<HlsMirror>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -47,6 +49,33 @@ impl Drop for TestServer {
 pub async fn start(input: Option<Input>, config: HttpConfig) -> TestServer {
     let hub = Hub::default();
     start_with(hub.clone(), Target::Hub(hub), input, config).await
+}
+
+/// Starts the real routes in annotation mode with an HLS mirror (`window` segments listed).
+pub async fn start_with_hls(input: Option<Input>, window: usize, passthrough: bool) -> TestServer {
+    let hub = Hub::default();
+    let mirror = Arc::new(
+        HlsMirror::start(HlsConfig {
+            window,
+            ..HlsConfig::default()
+        })
+        .expect("HLS mirror starts"),
+    );
+    let config = PipelineConfig {
+        mode: if passthrough {
+            Mode::MirrorOnly
+        } else {
+            Mode::Annotate
+        },
+        ..PipelineConfig::default()
+    };
+    let pipeline = Pipeline::start(hub.clone(), config, Some(mirror.clone())).expect("pipeline");
+    let sink = if passthrough {
+        Sink::with_mirror(Target::Hub(hub.clone()), Some(pipeline))
+    } else {
+        Sink::new(Target::Pipeline(pipeline))
+    };
+    start_sink(hub, sink, Some(mirror), input, HttpConfig::default()).await
 }
 
 /// Starts the real routes in annotation mode (decode, detect faces, re-encode).
@@ -67,14 +96,23 @@ async fn start_with(
     input: Option<Input>,
     config: HttpConfig,
 ) -> TestServer {
-    let sink = Sink::new(target);
+    start_sink(hub, Sink::new(target), None, input, config).await
+}
+
+async fn start_sink(
+    hub: Hub,
+    sink: Sink,
+    hls: Option<Arc<HlsMirror>>,
+    input: Option<Input>,
+    config: HttpConfig,
+) -> TestServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = App {
         hub: hub.clone(),
         sink: sink.clone(),
         publishing: Arc::new(Publishing::new(TOKEN.to_string())),
-        hls: None,
+        hls: hls.clone(),
         config: Arc::new(config),
     };
     let mut tasks = vec![tokio::spawn(http::serve(
@@ -92,6 +130,7 @@ async fn start_with(
         addr,
         hub,
         sink,
+        hls,
         tasks,
     }
 }
