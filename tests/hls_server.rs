@@ -97,22 +97,7 @@ async fn the_live_playlist_plays_in_ffmpeg_and_slides() {
 
     // The real ffmpeg CLI reads the live playlist over HTTP and decodes it without an error.
     let url = format!("http://{addr}/hls/live.m3u8");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("ffmpeg")
-            .args([
-                "-nostdin", "-v", "error", "-i", &url, "-t", "2", "-f", "null", "-",
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    assert!(
-        output.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_ffmpeg_reads_cleanly(url).await;
 
     // The window slides: the sequence advances and the oldest segment is deleted (404).
     let first_uri = segments[0].1.clone();

@@ -93,22 +93,7 @@ async fn live_webm_over_http_plays_in_ffmpeg() {
 
     // And the real ffmpeg CLI reads the URL itself, as a user would.
     let url = format!("http://{}/live.webm", server.addr);
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("ffmpeg")
-            .args([
-                "-nostdin", "-v", "error", "-i", &url, "-t", "2", "-f", "null", "-",
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    assert!(
-        output.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_ffmpeg_reads_cleanly(url).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,19 +108,7 @@ async fn audio_only_opus_from_gst_launch_on_stdin_reaches_viewers() {
         .expect("gst-launch-1.0 runs");
     let gst_out = gst.stdout.take().unwrap();
     let _gst = KillOnDrop(gst);
-    let (server, url) = spawn_binary(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--input",
-            "-",
-            "--passthrough",
-        ],
-        Stdio::from(gst_out),
-    );
-    let _server = KillOnDrop(server);
-    let addr = url.trim_start_matches("http://").parse().unwrap();
+    let (_server, addr) = spawn_stdin_server(Stdio::from(gst_out));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let received = ws_collect(addr, Duration::from_secs(2)).await;
     assert_eq!(received.inits.len(), 1);
@@ -175,19 +148,7 @@ async fn garbage_on_stdin_ends_the_source_not_the_server() {
         .unwrap();
     let feeder_out = feeder.stdout.take().unwrap();
     let _feeder = KillOnDrop(feeder);
-    let (server, url) = spawn_binary(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--input",
-            "-",
-            "--passthrough",
-        ],
-        Stdio::from(feeder_out),
-    );
-    let _server = KillOnDrop(server);
-    let addr = url.trim_start_matches("http://").parse().unwrap();
+    let (_server, addr) = spawn_stdin_server(Stdio::from(feeder_out));
     let mut reason = serde_json::Value::Null;
     for _ in 0..50 {
         let status = status(addr).await;

@@ -184,6 +184,7 @@ export async function describe(page) {
       for (let i = 0; i < v.buffered.length; i++) ranges.push([v.buffered.start(i), v.buffered.end(i)]);
       return {
         lenscast: window.lenscast,
+        lenscastHls: window.lenscastHls,
         played: window.__played,
         currentTime: v.currentTime,
         paused: v.paused,
@@ -226,6 +227,26 @@ export async function frameStats(page) {
       stddev: Math.sqrt(Math.max(0, sumSquares / pixels - mean * mean)),
     };
   });
+}
+
+/**
+ * Waits until the page shows a real picture (mean luma above `minMean`, spread above
+ * `minStddev`) and returns its `frameStats`; a few tries, since one frame may be a dark one.
+ * Throws with the page's state if it never does.
+ */
+export async function waitForPicture(page, { minMean = 20, minStddev = 5, tries = 10 } = {}) {
+  let stats;
+  for (let attempt = 0; attempt < tries; attempt++) {
+    stats = await frameStats(page);
+    if (stats.mean > minMean && stats.stddev > minStddev) return stats;
+    await sleep(300);
+  }
+  throw new Error(`frame looks black: ${JSON.stringify(stats)}\n${await describe(page)}`);
+}
+
+/** The `p`th percentile (0-100) of an ascending array; undefined when it is empty. */
+export function percentile(sorted, p) {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
 }
 
 /**

@@ -328,3 +328,35 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The real ffmpeg CLI reads `url` for 2 s of media and decodes it without a single error.
+pub async fn assert_ffmpeg_reads_cleanly(url: String) {
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("ffmpeg")
+            .args([
+                "-nostdin", "-v", "error", "-i", &url, "-t", "2", "-f", "null", "-",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(errors.is_empty(), "{errors}");
+}
+
+/// The real binary in passthrough mode reading `stdin`; returns it and its address.
+pub fn spawn_stdin_server(stdin: Stdio) -> (KillOnDrop, SocketAddr) {
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--input",
+        "-",
+        "--passthrough",
+    ];
+    let (server, url) = spawn_binary(&args, stdin);
+    let addr = url.trim_start_matches("http://").parse().unwrap();
+    (KillOnDrop(server), addr)
+}

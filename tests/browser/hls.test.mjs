@@ -1,0 +1,196 @@
+// The HLS mirror in headless Chromium against the real server (annotating the built-in demo):
+// hls.html with hls.js, the viewer page's HLS fallback, and how far behind live hls.js plays.
+// `node --test tests/browser/`; needs target/release/lenscast (or LENSCAST_BIN) and hls.js from
+// npm (node_modules/hls.js, which the server serves as /vendor/hls.min.js).
+
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { test } from 'node:test';
+import {
+  REPO_ROOT,
+  describe,
+  launchBrowser,
+  openViewer,
+  percentile,
+  sleep,
+  startLenscast,
+  waitForPicture,
+  waitForPlayback,
+} from './helpers.mjs';
+
+const BENCH_FILE = path.join(REPO_ROOT, 'target/bench/hls-latency.json');
+const LATENCY_WINDOW_MS = 15000;
+const LATENCY_SAMPLE_MS = 500;
+const LATENCY_TARGET_S = 4; // the goal with 1 s segments: reported, not asserted (shared machine)
+const LATENCY_LIMIT_S = 10; // asserted: further behind than this is broken, not slow
+const PLAYLIST_WINDOW = 6; // segments the server lists (HlsConfig's default window)
+// Joining takes a first playlist (about a second after the server starts), hls.js and segments.
+const START_TIMEOUT_MS = 30000;
+
+/** Starts the annotating server and a browser, runs `body`, and always cleans both up. */
+async function withServerAndBrowser(body) {
+  const server = await startLenscast([]);
+  let browser;
+  try {
+    browser = await launchBrowser();
+    await body(server, browser.context);
+  } catch (err) {
+    err.message += `\n--- server output ---\n${server.log()}`;
+    throw err;
+  } finally {
+    await browser?.close();
+    await server.stop();
+  }
+}
+
+async function status(server) {
+  const response = await fetch(new URL('/api/status', server.url));
+  assert.equal(response.status, 200);
+  return response.json();
+}
+
+/** How long ago (s) the newest segment in the playlist ended, by its PROGRAM-DATE-TIME. */
+async function playlistAge(server) {
+  const response = await fetch(new URL('/hls/live.m3u8', server.url));
+  const text = await response.text();
+  const dates = [...text.matchAll(/#EXT-X-PROGRAM-DATE-TIME:(\S+)\s+#EXTINF:([\d.]+)/g)];
+  if (!dates.length) return null;
+  const [, date, duration] = dates[dates.length - 1];
+  return (Date.now() - (Date.parse(date) + Number(duration) * 1000)) / 1000;
+}
+
+/** Waits until the playlist lists as many segments as it ever will (its sliding window). */
+async function waitForFullPlaylist(server, timeoutMs = 20000) {
+  let mirror;
+  for (let waited = 0; waited < timeoutMs; waited += 250) {
+    mirror = (await status(server)).hls;
+    if (mirror.segments >= PLAYLIST_WINDOW) return;
+    await sleep(250);
+  }
+  assert.fail(`the playlist never filled up: ${JSON.stringify(mirror)}`);
+}
+
+test('hls.html: hls.js plays the mirror from the server\'s own copy', { timeout: 90000 }, async () => {
+  await withServerAndBrowser(async (server, context) => {
+    const page = await openViewer(context, `${server.url}hls.html`);
+    await waitForPlayback(page, 2, START_TIMEOUT_MS);
+    await waitForPicture(page);
+
+    const hls = await page.evaluate(() => window.lenscastHls);
+    assert.equal(hls.engine, 'hls.js', await describe(page));
+    assert.equal(hls.state, 'playing', await describe(page));
+    assert.ok(hls.behindLive > 0 && hls.behindLive < LATENCY_LIMIT_S, await describe(page));
+    assert.match(await page.textContent('#status'), /^playing · hls\.js · \d+\.\d s behind live/);
+    // hls.js came from lenscast, not a CDN, and the picture is the mirror's H.264.
+    assert.equal(await page.evaluate(() => typeof window.Hls?.isSupported), 'function');
+    const mirror = (await status(server)).hls;
+    assert.equal(mirror.error, null, JSON.stringify(mirror));
+    assert.ok(mirror.segments > 0, JSON.stringify(mirror));
+  });
+});
+
+test('viewer: /?hls plays the HLS mirror instead of the WebM stream', { timeout: 90000 }, async () => {
+  await withServerAndBrowser(async (server, context) => {
+    const page = await openViewer(context, `${server.url}?hls`);
+    await waitForPlayback(page, 2, START_TIMEOUT_MS);
+    await waitForPicture(page);
+
+    const state = await page.evaluate(() => window.lenscast);
+    assert.equal(state.engine, 'hls', await describe(page));
+    assert.equal(state.hls.engine, 'hls.js', await describe(page));
+    assert.equal(state.state, 'playing', await describe(page));
+    assert.ok(state.behindLive > 0 && state.behindLive < LATENCY_LIMIT_S, await describe(page));
+    assert.match(await page.textContent('#status'), /^playing · .*s behind live/);
+    // The page never opened the WebM stream: the server counts no viewer.
+    assert.equal((await status(server)).viewers, 0);
+  });
+});
+
+test('viewer: falls back to HLS by itself when MSE cannot take WebM', { timeout: 90000 }, async () => {
+  await withServerAndBrowser(async (server, context) => {
+    // A browser whose MSE plays MP4 (as Safari's did) but no WebM.
+    await context.addInitScript(() => {
+      const isTypeSupported = MediaSource.isTypeSupported.bind(MediaSource);
+      MediaSource.isTypeSupported = (type) => !/webm/i.test(type) && isTypeSupported(type);
+    });
+    const page = await openViewer(context, server.url);
+    await waitForPlayback(page, 2, START_TIMEOUT_MS);
+    await waitForPicture(page);
+
+    const state = await page.evaluate(() => window.lenscast);
+    assert.equal(state.engine, 'hls', await describe(page));
+    assert.equal(state.hls.engine, 'hls.js', await describe(page));
+    assert.equal((await status(server)).viewers, 0);
+  });
+});
+
+test('hls.js: how far behind live it plays with 1 s segments', { timeout: 120000 }, async () => {
+  await withServerAndBrowser(async (server, context) => {
+    // A viewer who joins a full playlist, as most do, not one that is still growing.
+    await waitForFullPlaylist(server);
+    const page = await openViewer(context, `${server.url}hls.html`);
+    await waitForPlayback(page, 1, START_TIMEOUT_MS);
+    // Stalls while measuring: each one adds to how far behind the player is.
+    await page.evaluate(() => {
+      window.__stalls = 0;
+      document.getElementById('video').addEventListener('waiting', () => window.__stalls++);
+    });
+
+    const behind = [];
+    const edge = [];
+    const playlistAges = [];
+    for (let waited = 0; waited < LATENCY_WINDOW_MS; waited += LATENCY_SAMPLE_MS) {
+      await sleep(LATENCY_SAMPLE_MS);
+      const hls = await page.evaluate(() => window.lenscastHls);
+      if (hls.state === 'playing' && hls.behindLive !== null) behind.push(hls.behindLive);
+      if (hls.edgeLatency !== null) edge.push(hls.edgeLatency);
+      const age = await playlistAge(server);
+      if (age !== null) playlistAges.push(age);
+    }
+    const stalls = await page.evaluate(() => window.__stalls);
+    const mirror = (await status(server)).hls;
+
+    const sorted = [...behind].sort((a, b) => a - b);
+    const p50 = percentile(sorted, 50);
+    const p90 = percentile(sorted, 90);
+    const edgeP50 = percentile([...edge].sort((a, b) => a - b), 50);
+    const ageP50 = percentile([...playlistAges].sort((a, b) => a - b), 50);
+    const within = p50 < LATENCY_TARGET_S ? 'within' : 'OVER';
+    console.log(`hls.js behind live p50=${p50?.toFixed(2)} s p90=${p90?.toFixed(2)} s n=${sorted.length}`);
+    console.log(
+      `  ${within} the ${LATENCY_TARGET_S} s target; behind the playlist's edge p50=${edgeP50?.toFixed(2)} s; ` +
+        `newest segment ended p50=${ageP50?.toFixed(2)} s before a playlist fetch; stalls ${stalls}; ` +
+        `mirror encode ${mirror.encode_ms?.toFixed(1)} ms/frame, ${mirror.frames_dropped} frames dropped`,
+    );
+    fs.mkdirSync(path.dirname(BENCH_FILE), { recursive: true });
+    fs.writeFileSync(
+      BENCH_FILE,
+      `${JSON.stringify(
+        {
+          measured_at: new Date().toISOString(),
+          player: 'hls.js',
+          segment_duration_s: mirror.segment_duration_s,
+          window_ms: LATENCY_WINDOW_MS,
+          n: sorted.length,
+          p50_s: p50 ?? null,
+          p90_s: p90 ?? null,
+          min_s: sorted[0] ?? null,
+          max_s: sorted[sorted.length - 1] ?? null,
+          target_s: LATENCY_TARGET_S,
+          behind_playlist_edge_p50_s: edgeP50 ?? null,
+          playlist_age_p50_s: ageP50 ?? null,
+          stalls,
+          mirror_encode_ms: mirror.encode_ms,
+          mirror_frames_dropped: mirror.frames_dropped,
+          samples_s: behind,
+        },
+        null,
+        2,
+      )}\n`,
+    );
+
+    assert.ok(sorted.length >= 10, `only ${sorted.length} samples while playing\n${await describe(page)}`);
+    assert.ok(p50 < LATENCY_LIMIT_S, `behind live p50 ${p50} s\n${await describe(page)}`);
+  });
+});
