@@ -192,7 +192,7 @@ async fn hours_of_streaming_do_not_creep_soak() {
     let seconds: u64 = std::env::var("LENSCAST_SOAK_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(150);
+        .unwrap_or(180);
     let (server, url) = spawn_binary(&["serve", "--listen", "127.0.0.1:0"], Stdio::null());
     let pid = server.id();
     let server = KillOnDrop(server);
@@ -235,4 +235,26 @@ async fn hours_of_streaming_do_not_creep_soak() {
     drop(server);
     // SIGKILL skips cleanup; a normal stop is tested in the main binary's shutdown path.
     let _ = std::fs::remove_dir_all(&hls_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hls_directory_is_removed_when_the_server_stops() {
+    let (server, url) = spawn_binary(&["serve", "--listen", "127.0.0.1:0"], Stdio::null());
+    let mut server = KillOnDrop(server);
+    let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let (_, segments, _) = wait_for_segments(addr, 1).await;
+    let dir = std::path::PathBuf::from(status(addr).await["hls"]["dir"].as_str().unwrap());
+    assert!(dir.join(&segments[0].1).is_file());
+    // SIGTERM, as `kill`, systemd or a container runtime would send.
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let exited = tokio::task::spawn_blocking(move || server.0.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exited.success(), "{exited:?}");
+    assert!(!dir.exists(), "{} is still there", dir.display());
 }
