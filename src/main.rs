@@ -243,16 +243,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, passthrough = args.passthrough, "listening");
 
     http::serve(listener, app, shutdown_signal()).await;
-    // The pipeline thread still holds the mirror (it ends with the process), so remove the
-    // run directory here; a segment being written at this instant may need a second try.
+    // The pipeline thread still holds the mirror and ends only with the process, so stop it
+    // here: that finishes its thread and removes the run directory.
     if let Some(mirror) = hls {
-        let dir = mirror.dir().to_path_buf();
-        for _ in 0..3 {
-            if std::fs::remove_dir_all(&dir).is_ok() || !dir.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        mirror.stop();
     }
     Ok(())
 }

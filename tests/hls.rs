@@ -366,8 +366,15 @@ fn offering_never_waits_and_counts_what_it_drops() {
     assert!(status.frames_dropped > 0, "{status:?}");
     assert!(status.frames_encoded >= 8, "{status:?}");
     let dir = mirror.dir().to_path_buf();
-    drop(mirror);
+    // Stopped through a shared reference (as at shutdown, with the pipeline still holding an
+    // `Arc`): the directory goes at once, and later offers are only counted.
+    let mirror = std::sync::Arc::new(mirror);
+    let elsewhere = mirror.clone();
+    mirror.stop();
     assert!(!dir.exists());
+    elsewhere.offer(&pictures[0], pts(1000));
+    assert_eq!(elsewhere.status().frames_dropped, status.frames_dropped + 1);
+    drop((mirror, elsewhere));
 }
 
 #[test]

@@ -17,7 +17,7 @@
 //! Nothing grows with time: the queue is bounded, a segment's bytes live in memory only until
 //! written, the playlist holds `window` segments, and the directory keeps about
 //! `2 × window + 1` segment files (see [`run_dir`] for the deletion rule). The directory is
-//! removed when the mirror is dropped.
+//! removed when the mirror is dropped, and one left by a killed process at the next start.
 
 pub mod playlist;
 pub mod run_dir;
@@ -25,7 +25,7 @@ pub mod segmenter;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -179,12 +179,14 @@ struct Offer {
     at: SystemTime,
 }
 
-/// The running mirror: an encoder thread and the directory it writes. Dropping it stops the
-/// thread and removes the directory.
+/// The running mirror: an encoder thread and the directory it writes. [`HlsMirror::stop`]
+/// or dropping it stops the thread and removes the directory.
 pub struct HlsMirror {
-    queue: Option<SyncSender<Offer>>,
+    /// `None` once stopped. A std `Mutex` held only for a `try_send` or to take the sender:
+    /// it is what lets `stop` work through a shared reference.
+    queue: Mutex<Option<SyncSender<Offer>>>,
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
     dir: PathBuf,
 }
 
@@ -196,6 +198,7 @@ impl HlsMirror {
         ffmpeg::encoder::find_by_name("libx264").ok_or(HlsError::NoEncoder)?;
         let segment = config.segment.max(Duration::from_millis(100));
         let parent = config.parent_dir.clone().unwrap_or_else(std::env::temp_dir);
+        run_dir::sweep_stale(&parent);
         let run_dir = RunDir::create(&parent, Playlist::new(segment, config.window))?;
         let dir = run_dir.path().to_path_buf();
         let shared = Arc::new(Shared {
@@ -227,9 +230,9 @@ impl HlsMirror {
             }
         };
         Ok(HlsMirror {
-            queue: Some(queue),
+            queue: Mutex::new(Some(queue)),
             shared,
-            thread: Some(thread),
+            thread: Mutex::new(Some(thread)),
             dir,
         })
     }
@@ -237,7 +240,6 @@ impl HlsMirror {
     /// Offers one annotated picture with its output timestamp in ms (increasing). Never
     /// blocks: the picture is copied into the queue, or dropped and counted if it is full.
     pub fn offer(&self, picture: &VideoFrame, pts_ms: i64) {
-        let queue = self.queue.as_ref().expect("the queue lives until drop");
         if picture.width() == 0 || picture.height() == 0 {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -247,7 +249,10 @@ impl HlsMirror {
             pts_ms,
             at: SystemTime::now(),
         };
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = queue.try_send(offer) {
+        let queue = self.queue.lock().expect("hls queue lock");
+        // Full, stopped, or the thread is gone: either way the picture is not encoded.
+        let sent = queue.as_ref().is_some_and(|q| q.try_send(offer).is_ok());
+        if !sent {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -263,14 +268,18 @@ impl HlsMirror {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
-}
 
-impl Drop for HlsMirror {
-    fn drop(&mut self) {
+    /// Stops the thread and removes the run directory; later offers are dropped. For shutdown
+    /// while other owners (an `Arc` in the pipeline or the routes) may still hold the mirror:
+    /// a process that exits with threads still running never runs their destructors.
+    /// Idempotent; `Drop` calls it.
+    pub fn stop(&self) {
         // Closing the queue ends the thread's loop; `stopping` makes it skip what is queued.
         self.shared.stopping.store(true, Ordering::Relaxed);
-        self.queue.take();
-        if let Some(thread) = self.thread.take() {
+        self.queue.lock().expect("hls queue lock").take();
+        // Held to the end, so a concurrent `stop` waits rather than racing the thread's exit.
+        let mut thread = self.thread.lock().expect("hls thread lock");
+        if let Some(thread) = thread.take() {
             if thread.join().is_err() {
                 tracing::error!("the HLS thread panicked");
             }
@@ -282,6 +291,12 @@ impl Drop for HlsMirror {
                 tracing::warn!(dir = %self.dir.display(), %error, "cannot remove the HLS directory");
             }
         }
+    }
+}
+
+impl Drop for HlsMirror {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

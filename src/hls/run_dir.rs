@@ -11,6 +11,10 @@
 //! may have fetched that playlist just before the window slid and still asks for it. Time
 //! here is media time (the end of the newest segment), so a stalled source deletes nothing and
 //! a running one keeps at most about `2 × window + 1` segments on disk.
+//!
+//! The directory is removed when the mirror is dropped. A process that was killed cannot do
+//! that, so [`sweep_stale`] removes, at the next start, run directories in the same parent
+//! whose process no longer exists.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -36,6 +40,51 @@ pub struct RunDir {
     next_sequence: u64,
 }
 
+/// The run directory name prefix; the rest is `<pid>-<16 hex digits>`.
+const PREFIX: &str = "lenscast-hls-";
+
+/// The process ID in a run directory's name, if the name is exactly one of ours.
+fn owner_pid(name: &str) -> Option<u32> {
+    let (pid, random) = name.strip_prefix(PREFIX)?.split_once('-')?;
+    let ours = !pid.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit())
+        && random.len() == 16
+        && random.bytes().all(|b| b.is_ascii_hexdigit());
+    ours.then(|| pid.parse().ok()).flatten()
+}
+
+/// Removes run directories in `parent` left by processes that no longer exist (killed before
+/// they could clean up), so restarts after crashes do not pile up files. Linux only: liveness
+/// is read from `/proc`, and without it nothing is touched. Only real directories named
+/// exactly like ours are considered; a reused PID only means one is kept a little longer.
+/// (Processes in another PID namespace look dead from here: containers that share one
+/// parent directory should each get their own `parent_dir`.)
+pub fn sweep_stale(parent: &Path) {
+    let proc = Path::new("/proc");
+    if !proc.join("self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(owner_pid) else {
+            continue;
+        };
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if !is_dir || pid == std::process::id() || proc.join(pid.to_string()).exists() {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => tracing::info!(path = %path.display(), "removed a stale HLS directory"),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot remove a stale HLS directory")
+            }
+        }
+    }
+}
+
 impl RunDir {
     /// Creates a fresh directory `<parent>/lenscast-hls-<pid>-<random>`. It must not exist
     /// yet: we never write into, or later delete, a directory someone else made.
@@ -43,7 +92,7 @@ impl RunDir {
         let mut attempts = 0;
         loop {
             let path = parent.join(format!(
-                "lenscast-hls-{}-{:016x}",
+                "{PREFIX}{}-{:016x}",
                 std::process::id(),
                 rand::random::<u64>()
             ));
@@ -200,6 +249,40 @@ mod tests {
         let path = dir.path().to_path_buf();
         dir.remove();
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn only_directories_of_dead_processes_are_swept() {
+        let parent = tempfile::tempdir().unwrap();
+        let make = |name: &str| {
+            let path = parent.path().join(name);
+            std::fs::create_dir(&path).unwrap();
+            std::fs::write(path.join("seg-0.ts"), "x").unwrap();
+        };
+        // PIDs above Linux's pid_max (2^22) never exist.
+        make("lenscast-hls-999999999-00000000000000ab");
+        let alive = format!("lenscast-hls-{}-00000000000000cd", std::process::id());
+        make(&alive);
+        make("lenscast-hls-1-00000000000000ef");
+        make("lenscast-hls-999999999-short");
+        make("other-999999999-00000000000000ab");
+        std::fs::write(
+            parent
+                .path()
+                .join("lenscast-hls-999999998-0000000000000012"),
+            "",
+        )
+        .unwrap();
+        sweep_stale(parent.path());
+        let mut expected = vec![
+            alive,
+            "lenscast-hls-1-00000000000000ef".to_string(),
+            "lenscast-hls-999999998-0000000000000012".to_string(),
+            "lenscast-hls-999999999-short".to_string(),
+            "other-999999999-00000000000000ab".to_string(),
+        ];
+        expected.sort();
+        assert_eq!(files(parent.path()), expected);
     }
 
     #[test]

@@ -90,16 +90,19 @@ impl Segmenter {
     }
 
     /// Encodes one picture at `ts_ms` (strictly increasing). Pictures of another size or
-    /// format than the first are scaled to it. Segments this completes are collected for
-    /// [`Segmenter::take_finished`]. On a muxing error the segment being written is dropped
-    /// (never published half-made) and the next one starts clean at the next boundary.
+    /// format than the first are scaled to the first's size (rounded down to even). Segments
+    /// this completes are collected for [`Segmenter::take_finished`]. On a muxing error the
+    /// segment being written is dropped (never published half-made) and the next one starts
+    /// clean at the next boundary.
     pub fn push(&mut self, picture: VideoFrame, ts_ms: i64) -> Result<(), HlsError> {
         let encoder = match &mut self.encoder {
             Some(encoder) => encoder,
-            None => {
-                self.encoder
-                    .insert(H264::open(picture.width(), picture.height(), &self.config)?)
-            }
+            // 4:2:0 H.264 needs even sides: an odd one loses its last pixel row or column.
+            None => self.encoder.insert(H264::open(
+                picture.width() & !1,
+                picture.height() & !1,
+                &self.config,
+            )?),
         };
         let mut frame = if picture.format() == Pixel::YUV420P
             && (picture.width(), picture.height()) == (encoder.width, encoder.height)
@@ -167,21 +170,18 @@ impl Segmenter {
                 self.finished.extend(open.finish(pts));
             }
             let encoder = self.encoder.as_ref().expect("a packet implies an encoder");
-            match TsMuxer::new(&encoder.parameters) {
-                Ok(muxer) => {
-                    self.open = Some(OpenSegment {
-                        start_ms: pts,
-                        muxer: Some(muxer),
-                    })
-                }
+            // A segment whose muxer failed still marks time, so the next cut stays on the grid.
+            let muxer = match TsMuxer::new(&encoder.parameters) {
+                Ok(muxer) => Some(muxer),
                 Err(e) => {
-                    self.open = Some(OpenSegment {
-                        start_ms: pts,
-                        muxer: None,
-                    });
                     result = result.and(Err(e));
+                    None
                 }
-            }
+            };
+            self.open = Some(OpenSegment {
+                start_ms: pts,
+                muxer,
+            });
         }
         self.held = Some(packet);
         result

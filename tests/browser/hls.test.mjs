@@ -90,6 +90,24 @@ test('hls.html: hls.js plays the mirror from the server\'s own copy', { timeout:
   });
 });
 
+test('hls.html: starts once the playlist loads, after failed loads', { timeout: 90000 }, async () => {
+  await withServerAndBrowser(async (server, context) => {
+    // The first playlist requests fail, as when the mirror has not written one yet.
+    let refused = 0;
+    await context.route('**/hls/live.m3u8', (route) =>
+      refused++ < 3 ? route.fulfill({ status: 404, body: 'not found' }) : route.continue(),
+    );
+    const page = await openViewer(context, `${server.url}hls.html`);
+    await waitForPlayback(page, 2, START_TIMEOUT_MS);
+    await waitForPicture(page);
+    const hls = await page.evaluate(() => window.lenscastHls);
+    assert.ok(refused > 3, `only ${refused} playlist requests`);
+    assert.ok(hls.recoveries >= 1, await describe(page));
+    assert.equal(hls.state, 'playing', await describe(page));
+    assert.equal(hls.error, null, await describe(page));
+  });
+});
+
 test('viewer: /?hls plays the HLS mirror instead of the WebM stream', { timeout: 90000 }, async () => {
   await withServerAndBrowser(async (server, context) => {
     const page = await openViewer(context, `${server.url}?hls`);
@@ -101,7 +119,7 @@ test('viewer: /?hls plays the HLS mirror instead of the WebM stream', { timeout:
     assert.equal(state.hls.engine, 'hls.js', await describe(page));
     assert.equal(state.state, 'playing', await describe(page));
     assert.ok(state.behindLive > 0 && state.behindLive < LATENCY_LIMIT_S, await describe(page));
-    assert.match(await page.textContent('#status'), /^playing · .*s behind live/);
+    assert.match(await page.textContent('#status'), /^playing · HLS \(hls\.js\) · .*s behind live/);
     // The page never opened the WebM stream: the server counts no viewer.
     assert.equal((await status(server)).viewers, 0);
   });
