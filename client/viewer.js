@@ -1,4 +1,6 @@
-// lenscast viewer: plays the live WebM stream from /ws/view through Media Source Extensions.
+// lenscast viewer: plays the live WebM stream from /ws/view through Media Source Extensions,
+// or the server's HLS mirror where MSE cannot take WebM (or with /?hls). hls.html imports
+// `playHls` from here; the viewer itself starts only on the page marked data-page="viewer".
 //
 // Protocol: before every init segment the server sends a text message
 //   {"type":"init","mime":"video/webm; codecs=\"vp8,opus\"","width":640,"height":480}
@@ -24,6 +26,8 @@ const TICK_MS = 250;
 // iOS Safari has only ManagedMediaSource; everything else has MediaSource.
 const MediaSourceImpl = window.MediaSource || window.ManagedMediaSource;
 
+// hls.html imports this module too: there the lookups below find its own elements or null,
+// and nothing uses them unless startViewer() runs.
 const video = document.getElementById('video');
 const stage = document.getElementById('stage');
 const statusLine = document.getElementById('status');
@@ -32,7 +36,8 @@ const message = document.getElementById('message');
 
 /** What the viewer is doing, for the status line, tests and the console. */
 const lenscast = {
-  state: 'connecting', // connecting | waiting | playing | reconnecting | unsupported
+  engine: 'mse', // mse | hls (then `hls` holds the HLS player's own state)
+  state: 'connecting', // connecting | waiting | playing | reconnecting | unsupported (HLS adds its own)
   mime: null,
   audioOnly: false,
   behindLive: null, // seconds between the playhead and the end of what we have
@@ -41,7 +46,6 @@ const lenscast = {
   viewers: null,
   source: null, // the server's source state from /api/status
 };
-window.lenscast = lenscast;
 
 /** One MediaSource + SourceBuffer for one mime type. Replaced when the mime type changes. */
 class Player {
@@ -296,14 +300,14 @@ function tryPlay() {
   });
 }
 
-playOverlay.addEventListener('click', () => {
+function onPlayClick() {
   // The click is a user gesture, so sound is allowed too.
   video.muted = false;
   video.play().then(() => {
     autoplayRefused = false;
     playOverlay.hidden = true;
   }, () => {});
-});
+}
 
 async function pollStatus() {
   let status = null;
@@ -326,8 +330,10 @@ function setState(state) {
 
 function renderStatus() {
   const parts = [lenscast.state];
+  if (lenscast.engine === 'hls') parts.push(`HLS (${lenscast.hls.engine ?? '…'})`);
   if (lenscast.source && lenscast.source !== 'live') parts.push(`source ${lenscast.source}`);
-  if (lenscast.viewers != null) {
+  // The server counts the WebM stream's viewers only, which this page is not one of over HLS.
+  if (lenscast.viewers != null && lenscast.engine !== 'hls') {
     parts.push(`${lenscast.viewers} viewer${lenscast.viewers === 1 ? '' : 's'}`);
   }
   if (lenscast.behindLive != null) parts.push(`${lenscast.behindLive.toFixed(1)} s behind live`);
@@ -345,21 +351,47 @@ function trimPlayed() {
   player?.trim(KEEP_PLAYED);
 }
 
-// Chrome says it is waiting for data when it reaches a gap: jump at once rather than a tick later.
-video.addEventListener('waiting', () => player && !video.seeking && skipGap(video.buffered, true));
+/** Why this page should play the HLS mirror instead of the WebM stream; null for WebM. */
+function hlsReason() {
+  if (new URLSearchParams(location.search).has('hls')) return 'asked for with ?hls';
+  if (!MediaSourceImpl) return 'no Media Source Extensions';
+  // Every stream the server sends starts as VP8 (the demo, the annotated output), so this is
+  // the least a browser's MSE must take.
+  if (!MediaSourceImpl.isTypeSupported('video/webm; codecs="vp8"')) return 'no WebM in Media Source Extensions';
+  return null;
+}
 
-// A decode error leaves the element dead; a fresh MediaSource from a keyframe recovers.
-video.addEventListener('error', () => player && reconnect(`media error ${video.error?.code}`));
+/** Plays the HLS mirror in this page, mirroring its state into `lenscast` and the status line. */
+function startHls(why) {
+  console.info(`lenscast: playing HLS (${why})`);
+  lenscast.engine = 'hls';
+  lenscast.hls = playHls(video, (hls) => {
+    lenscast.state = hls.state;
+    lenscast.behindLive = hls.behindLive;
+    playOverlay.hidden = !hls.autoplayRefused;
+    showMessage(hls.state === 'unsupported' ? hls.error : null);
+    renderStatus();
+  });
+}
 
-if (!MediaSourceImpl) {
-  setState('unsupported');
-  showMessage('This browser has no Media Source Extensions, which the live player needs.');
-} else {
-  connect();
-  setInterval(tick, TICK_MS);
-  setInterval(trimPlayed, TRIM_EVERY_MS);
+function startViewer() {
+  window.lenscast = lenscast;
+  playOverlay.addEventListener('click', onPlayClick);
+  const why = hlsReason();
+  if (why) {
+    startHls(why);
+  } else {
+    // Chrome says it is waiting for data when it reaches a gap: jump at once, not a tick later.
+    video.addEventListener('waiting', () => player && !video.seeking && skipGap(video.buffered, true));
+    // A decode error leaves the element dead; a fresh MediaSource from a keyframe recovers.
+    video.addEventListener('error', () => player && reconnect(`media error ${video.error?.code}`));
+    connect();
+    setInterval(tick, TICK_MS);
+    setInterval(trimPlayed, TRIM_EVERY_MS);
+  }
   setInterval(pollStatus, STATUS_POLL_MS);
   pollStatus();
+  if (new URLSearchParams(location.search).get('clock') === '1') startClockReader();
 }
 
 // Glass-to-glass latency, opt-in with ?clock=1. The presenter page with ?clock=1 stamps every
@@ -422,4 +454,199 @@ function startClockReader() {
   }, CLOCK_READ_MS);
 }
 
-if (new URLSearchParams(location.search).get('clock') === '1') startClockReader();
+// HLS: the server's H.264 mirror (1 s MPEG-TS segments, a sliding playlist with
+// PROGRAM-DATE-TIME), for browsers whose MSE cannot take WebM, for /?hls and for hls.html.
+
+const HLS_PLAYLIST = '/hls/live.m3u8';
+const HLS_JS = '/vendor/hls.min.js'; // hls.js from npm, served by lenscast (no CDN)
+const HLS_MIME = 'application/vnd.apple.mpegurl';
+/** hls.js settings for a live playlist of 1 s segments. */
+const HLS_JS_CONFIG = {
+  enableWorker: true, // demux TS off the main thread
+  lowLatencyMode: false, // the mirror writes whole segments, no LL-HLS parts to load
+  liveSyncDurationCount: 2, // start two segments behind the playlist's newest end...
+  liveMaxLatencyDurationCount: 5, // ...jump back to that point when five behind...
+  maxLiveSyncPlaybackRate: 1.2, // ...and play up to 20 % faster to close smaller gaps
+  backBufferLength: 10, // seconds of played media kept, so the buffer never fills up
+};
+const HLS_RETRY_MIN_MS = 1000;
+const HLS_RETRY_MAX_MS = 10000;
+const HLS_MEDIA_RETRY_MS = 5000; // a second media error sooner than this: start over
+
+/**
+ * Plays the HLS mirror in `video`: with hls.js where it works, natively where only that does.
+ * Returns the player's state, kept up to date, and calls `onChange(state)` whenever it may have
+ * changed (a few times a second while playing):
+ *   engine: 'hls.js' | 'native' | null while choosing
+ *   state: loading | waiting | playing | recovering | unsupported
+ *   behindLive: seconds from the picture on screen to now, from the playlist's
+ *     PROGRAM-DATE-TIME (the server's clock: exact when both run on one machine); falls back to
+ *     edgeLatency without dates
+ *   edgeLatency: seconds behind the newest end of the playlist, as the player estimates it
+ *   buffered: seconds of media ahead of the playhead
+ *   recoveries, error, autoplayRefused
+ */
+export function playHls(video, onChange = () => {}) {
+  const state = {
+    engine: null,
+    state: 'loading',
+    behindLive: null,
+    edgeLatency: null,
+    buffered: null,
+    recoveries: 0,
+    error: null,
+    autoplayRefused: false,
+  };
+  const changed = () => onChange(state);
+  let hls = null;
+  let retryMs = HLS_RETRY_MIN_MS;
+  let lastMediaRecovery = 0;
+  let lastTime = null;
+
+  function tryPlay() {
+    video.play().then(
+      () => (state.autoplayRefused = false),
+      (err) => {
+        if (err.name === 'NotAllowedError') state.autoplayRefused = true;
+        changed();
+      },
+    );
+  }
+
+  /** Something went wrong that waiting and `retry` can fix: say so, then retry with backoff. */
+  function recover(why, retry) {
+    console.warn(`lenscast: HLS ${why}; retrying in ${retryMs} ms`);
+    state.state = 'recovering';
+    state.error = why;
+    state.recoveries++;
+    changed();
+    setTimeout(retry, retryMs);
+    retryMs = Math.min(retryMs * 2, HLS_RETRY_MAX_MS);
+  }
+
+  function startHlsJs() {
+    const Hls = window.Hls;
+    const instance = new Hls(HLS_JS_CONFIG);
+    hls = instance;
+    instance.on(Hls.Events.MANIFEST_PARSED, tryPlay);
+    instance.on(Hls.Events.ERROR, (_event, data) => {
+      if (!data.fatal || hls !== instance) return; // hls.js retries non-fatal errors itself
+      const why = `${data.type} ${data.details}`;
+      const now = Date.now();
+      if (data.type === Hls.ErrorTypes.MEDIA_ERROR && now - lastMediaRecovery > HLS_MEDIA_RETRY_MS) {
+        // A decode or append error: a fresh MediaSource usually plays on.
+        lastMediaRecovery = now;
+        console.warn(`lenscast: HLS ${why}; recovering the media element`);
+        state.recoveries++;
+        instance.recoverMediaError();
+      } else if (data.type === Hls.ErrorTypes.NETWORK_ERROR && instance.levels.length) {
+        // The server is away or a segment is gone: load again from the playlist.
+        recover(why, () => hls === instance && instance.startLoad());
+      } else {
+        // No playlist yet (the mirror writes its first one a second after starting), repeated
+        // media errors or anything else: start over with a new player.
+        instance.destroy();
+        hls = null;
+        recover(why, startHlsJs);
+      }
+    });
+    instance.loadSource(HLS_PLAYLIST);
+    instance.attachMedia(video);
+  }
+
+  function startNative() {
+    video.addEventListener('loadedmetadata', tryPlay);
+    video.addEventListener('error', () => {
+      // Setting src again loads the playlist afresh, at its live edge.
+      recover(`media error ${video.error?.code} ${video.error?.message ?? ''}`.trim(), () => {
+        video.src = HLS_PLAYLIST;
+      });
+    });
+    video.src = HLS_PLAYLIST;
+  }
+
+  /** Seconds from the picture on screen to now, by PROGRAM-DATE-TIME; null without dates. */
+  function secondsSinceShown() {
+    let shown = null;
+    if (hls) {
+      shown = hls.playingDate?.getTime() ?? null;
+    } else if (video.getStartDate) {
+      // Safari: the date at media time 0 (NaN when the playlist has no dates).
+      const start = video.getStartDate().getTime();
+      if (Number.isFinite(start)) shown = start + video.currentTime * 1000;
+    }
+    return shown === null ? null : Math.max(0, (Date.now() - shown) / 1000);
+  }
+
+  function measure() {
+    const t = video.currentTime;
+    const seekable = video.seekable;
+    if (hls) state.edgeLatency = hls.latency || null;
+    else if (seekable.length) state.edgeLatency = Math.max(0, seekable.end(seekable.length - 1) - t);
+    state.behindLive = secondsSinceShown() ?? state.edgeLatency;
+    state.buffered = null;
+    for (let i = 0; i < video.buffered.length; i++) {
+      if (video.buffered.start(i) <= t + 0.1 && t < video.buffered.end(i)) state.buffered = video.buffered.end(i) - t;
+    }
+    if (!video.paused && lastTime !== null && t > lastTime) {
+      // Pictures are moving again: whatever went wrong is over.
+      state.state = 'playing';
+      state.error = null;
+      state.autoplayRefused = false;
+      retryMs = HLS_RETRY_MIN_MS;
+    } else if (state.state === 'playing') {
+      state.state = 'waiting';
+    }
+    lastTime = t;
+    changed();
+  }
+
+  (async () => {
+    state.engine = await chooseHlsEngine(video);
+    if (state.engine === 'hls.js') startHlsJs();
+    else if (state.engine === 'native') startNative();
+    else {
+      state.state = 'unsupported';
+      state.error = window.Hls
+        ? 'This browser can play neither the WebM stream nor HLS (no Media Source Extensions).'
+        : `This browser has no HLS of its own, and hls.js did not load from ${HLS_JS}.`;
+      changed();
+      return;
+    }
+    setInterval(measure, TICK_MS);
+  })();
+  return state;
+}
+
+/**
+ * 'hls.js' or 'native' for the HLS mirror, or null if neither can play it. Chrome answers
+ * "maybe" for HLS too but its own player fails on some streams (hls.js issue #7827), so native
+ * is first only where Safari's ManagedMediaSource says this is Safari, and otherwise the last
+ * resort (an iPhone without MSE). Loads hls.js when the page has not.
+ */
+async function chooseHlsEngine(video) {
+  const native = video.canPlayType(HLS_MIME) !== '';
+  if (native && 'ManagedMediaSource' in window) return 'native';
+  if (!window.Hls) {
+    try {
+      await loadScript(HLS_JS);
+    } catch (err) {
+      console.warn(`lenscast: ${err.message}`);
+    }
+  }
+  if (window.Hls?.isSupported()) return 'hls.js';
+  return native ? 'native' : null;
+}
+
+/** Runs a classic script (hls.js is a UMD build that defines window.Hls). */
+function loadScript(src) {
+  return new Promise((resolve, reject) => {
+    const script = document.createElement('script');
+    script.src = src;
+    script.onload = resolve;
+    script.onerror = () => reject(new Error(`cannot load ${src}`));
+    document.head.append(script);
+  });
+}
+
+if (document.body.dataset.page === 'viewer') startViewer();

@@ -490,3 +490,27 @@ async fn h264_from_mediarecorder_and_vp9_are_decoded() {
         assert_decodes_from_start(name, &viewer.await.unwrap().bytes);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gst_launch_publishes_through_a_chunked_put() {
+    let server = start_annotating(None, PipelineConfig::default(), HttpConfig::default()).await;
+    // gst-launch's own HTTP sink sends one PUT per buffer; one chunked PUT of the whole
+    // stream is what /publish takes, and `curl -T -` makes exactly that from a pipe.
+    let script = format!(
+        "gst-launch-1.0 -q videotestsrc is-live=true num-buffers=90 \
+         ! video/x-raw,width=320,height=240,framerate=30/1 \
+         ! vp8enc deadline=1 keyframe-max-dist=30 ! webmmux streamable=true ! fdsink fd=1 \
+         | curl -sS -T - 'http://{}/publish?token={TOKEN}'",
+        server.addr
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("sh").args(["-c", &script]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let answer = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(answer.starts_with("upload finished"), "{answer}");
+    let stats = pipeline_status(server.addr).await;
+    assert!(stats["frames_out"].as_u64().unwrap() >= 60, "{stats}");
+}
