@@ -514,3 +514,47 @@ async fn gst_launch_publishes_through_a_chunked_put() {
     let stats = pipeline_status(server.addr).await;
     assert!(stats["frames_out"].as_u64().unwrap() >= 60, "{stats}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_publisher_that_vanishes_mid_body_is_released() {
+    use tokio::io::AsyncWriteExt;
+    let server = start_annotating(
+        Some(Input::File(fixture_path("face.webm"))),
+        PipelineConfig::default(),
+        HttpConfig::default(),
+    )
+    .await;
+    let addr = server.addr;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PUT /publish?token={TOKEN} HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for (_, piece) in paced_pieces(&fixture("face.webm")).iter().take(15) {
+        let chunk = [format!("{:x}\r\n", piece.len()).as_bytes(), piece, b"\r\n"].concat();
+        stream.write_all(&chunk).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(33)).await;
+    }
+    assert_eq!(pipeline_status(addr).await["input"], "presenter:http");
+    // The connection dies with the body unfinished (no last chunk).
+    drop(stream);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = pipeline_status(addr).await;
+        if stats["presenter_connected"] == false
+            && stats["input"]
+                == "file:".to_string() + &fixture_path("face.webm").display().to_string()
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the publisher was never released: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And a new presenter is not refused as busy.
+    assert!(connect_presenter(addr, &format!("token={TOKEN}"))
+        .await
+        .is_ok());
+}

@@ -121,6 +121,42 @@ impl Publishing {
     }
 }
 
+/// Ends a presenter's source even if its handler is dropped mid-upload. hyper drops a
+/// request's handler when the connection fails (e.g. `IncompleteMessage` when a client goes
+/// away mid-body), and without this the source would stay "live" and the demo never resume.
+struct Presenting {
+    sink: crate::ingest::Sink,
+    id: u64,
+    reason: Option<String>,
+}
+
+impl Presenting {
+    async fn begin(sink: &crate::ingest::Sink, name: &str) -> Self {
+        let id = sink.begin(name, true).await;
+        Presenting {
+            sink: sink.clone(),
+            id,
+            reason: None,
+        }
+    }
+
+    /// Ends the source now, with `reason`.
+    async fn end(mut self, reason: &str) {
+        self.reason = None;
+        self.sink.end(self.id, reason, true).await;
+    }
+}
+
+impl Drop for Presenting {
+    fn drop(&mut self) {
+        if let Some(reason) = self.reason.take() {
+            let (sink, id) = (self.sink.clone(), self.id);
+            // Drop cannot await: finish on the runtime (we are always inside it here).
+            tokio::spawn(async move { sink.end(id, &reason, true).await });
+        }
+    }
+}
+
 /// Query parameters of both publish endpoints.
 #[derive(Debug, serde::Deserialize)]
 pub struct PublishQuery {
@@ -166,8 +202,9 @@ pub async fn websocket(socket: WebSocket, app: App, takeover: bool, remote: Opti
     };
     let name = "presenter:ws";
     tracing::info!(?remote, takeover, "presenter connected over WebSocket");
-    let id = app.sink.begin(name, true).await;
-    let mut feeder = Feeder::new(name, app.sink.clone(), id, None, true);
+    let mut presenting = Presenting::begin(&app.sink, name).await;
+    presenting.reason = Some("presenter connection lost".into());
+    let mut feeder = Feeder::new(name, app.sink.clone(), presenting.id, None, true);
     let mut received: u64 = 0;
     let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
     let outcome: Result<&str, IngestError> = loop {
@@ -206,7 +243,7 @@ pub async fn websocket(socket: WebSocket, app: App, takeover: bool, remote: Opti
     let _ = tx
         .send(Message::close_with(code, close_reason(&reason)))
         .await;
-    app.sink.end(id, &reason, true).await;
+    presenting.end(&reason).await;
     match outcome {
         Ok(_) => tracing::info!(?remote, received, reason, "presenter left"),
         Err(_) => tracing::warn!(?remote, received, reason, "presenter refused"),
@@ -231,8 +268,9 @@ where
     };
     let name = "presenter:http";
     tracing::info!(?remote, takeover, "presenter connected over HTTP");
-    let id = app.sink.begin(name, true).await;
-    let mut feeder = Feeder::new(name, app.sink.clone(), id, None, true);
+    let mut presenting = Presenting::begin(&app.sink, name).await;
+    presenting.reason = Some("upload connection lost".into());
+    let mut feeder = Feeder::new(name, app.sink.clone(), presenting.id, None, true);
     let mut received: u64 = 0;
     let outcome: Result<&str, IngestError> = loop {
         tokio::select! {
@@ -266,7 +304,7 @@ where
         Ok(reason) => (StatusCode::OK, reason.to_string()),
         Err(error) => (StatusCode::BAD_REQUEST, error.to_string()),
     };
-    app.sink.end(id, &reason, true).await;
+    presenting.end(&reason).await;
     tracing::info!(?remote, received, reason, "presenter left");
     warp::reply::with_status(format!("{reason}; received {received} bytes\n"), status)
 }
