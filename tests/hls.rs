@@ -420,3 +420,45 @@ fn a_missing_parent_directory_is_an_error() {
     assert!(result.is_err());
     assert!(!missing.exists());
 }
+
+/// Seconds since midnight UTC of an RFC 3339 `…THH:MM:SS.mmmZ` date.
+fn seconds_of_day(date: &str) -> f64 {
+    let time = date.split('T').nth(1).unwrap().trim_end_matches('Z');
+    let mut parts = time.split(':');
+    let h: f64 = parts.next().unwrap().parse().unwrap();
+    let m: f64 = parts.next().unwrap().parse().unwrap();
+    let s: f64 = parts.next().unwrap().parse().unwrap();
+    h * 3600.0 + m * 60.0 + s
+}
+
+#[test]
+fn dates_stay_near_real_time_when_pictures_come_in_a_burst() {
+    let parent = tempfile::tempdir().unwrap();
+    let mirror = HlsMirror::start(HlsConfig {
+        window: 6,
+        parent_dir: Some(parent.path().to_path_buf()),
+        ..HlsConfig::default()
+    })
+    .unwrap();
+    // 5 s of media offered as fast as the encoder takes it: far less than 5 s of wall time.
+    offer_paced(&mirror, 160, 120, 5 * FPS + 1, |_| {});
+    wait_for(&mirror, "four segments", |s| s.segments >= 4);
+    let playlist = std::fs::read_to_string(mirror.dir().join("live.m3u8")).unwrap();
+    let newest = playlist
+        .lines()
+        .filter_map(|l| l.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:"))
+        .last()
+        .unwrap()
+        .to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        % 86_400.0;
+    let ahead = seconds_of_day(&newest) - now;
+    // Without re-anchoring, the newest segment would be dated ~3 s in the future.
+    assert!(
+        ahead < 1.0,
+        "newest segment dated {ahead:.2} s ahead of now: {playlist}"
+    );
+}

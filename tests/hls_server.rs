@@ -177,6 +177,18 @@ async fn a_passthrough_source_gets_a_mirror_too() {
     );
 }
 
+/// Files in the HLS directory, not counting a `.tmp` caught mid-write (renamed a moment later).
+fn published_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     text.lines()
@@ -210,7 +222,7 @@ async fn hours_of_streaming_do_not_creep_soak() {
     let mut samples = Vec::new();
     while started.elapsed() < Duration::from_secs(seconds) {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let files = std::fs::read_dir(&hls_dir).map(|d| d.count()).unwrap_or(0);
+        let files = published_files(&hls_dir);
         // Keep fetching the playlist like an HLS player would.
         let (code, _, _) = http_get(addr, "/hls/live.m3u8", Duration::from_secs(2)).await;
         assert_eq!(code, 200);

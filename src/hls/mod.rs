@@ -300,6 +300,11 @@ impl Drop for HlsMirror {
     }
 }
 
+/// Pictures whose arrival times are remembered (a few segments' worth at 30 fps).
+const MAX_ARRIVALS: usize = 512;
+/// How far PROGRAM-DATE-TIME may drift from real arrival before it is re-anchored.
+const MAX_DATE_DRIFT: Duration = Duration::from_millis(500);
+
 /// The mirror's thread.
 struct Worker {
     segmenter: Segmenter,
@@ -309,6 +314,8 @@ struct Worker {
     /// and PROGRAM-DATE-TIME is that wall-clock time plus the segment's timestamp, so dates
     /// and EXTINF durations agree exactly.
     anchor: Option<(i64, SystemTime)>,
+    /// (timestamp, wall-clock arrival) of recent pictures, to keep the dates near real time.
+    arrivals: std::collections::VecDeque<(i64, SystemTime)>,
     last_ts: Option<i64>,
     encode_ms: f64,
     frames_encoded: u64,
@@ -322,6 +329,7 @@ impl Worker {
             run_dir: Some(run_dir),
             shared,
             anchor: None,
+            arrivals: std::collections::VecDeque::new(),
             last_ts: None,
             encode_ms: 0.0,
             frames_encoded: 0,
@@ -360,14 +368,17 @@ impl Worker {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let (_, anchor_wall) = self.anchor.expect("timestamp() sets the anchor");
-        let run_dir = self
-            .run_dir
-            .as_mut()
-            .expect("the run dir lives until run() ends");
+        if self.arrivals.len() == MAX_ARRIVALS {
+            self.arrivals.pop_front();
+        }
+        self.arrivals.push_back((ts, offer.at));
         let mut failures = Vec::new();
         for segment in self.segmenter.take_finished() {
-            let program_date_time = anchor_wall + Duration::from_millis(segment.start_ms as u64);
+            let program_date_time = self.program_date_time(segment.start_ms);
+            let run_dir = self
+                .run_dir
+                .as_mut()
+                .expect("the run dir lives until run() ends");
             if let Err(error) = run_dir.publish(segment, program_date_time) {
                 failures.push(error);
             }
@@ -376,6 +387,36 @@ impl Worker {
             self.report(error);
         }
         self.update_status();
+    }
+
+    /// PROGRAM-DATE-TIME of a segment starting at `start_ms`: the anchor's wall time plus the
+    /// timestamp, so dates and EXTINF durations agree exactly; but when that drifts more than
+    /// `MAX_DATE_DRIFT` from when the segment's first picture really arrived (a burst from a
+    /// source ahead of real time, a gap between sources), the anchor moves to the real time,
+    /// so players that measure latency from these dates stay right.
+    fn program_date_time(&mut self, start_ms: i64) -> SystemTime {
+        let (anchor_pts, anchor_wall) = self.anchor.expect("timestamp() sets the anchor");
+        let computed = anchor_wall + Duration::from_millis(start_ms.max(0) as u64);
+        let arrived = self
+            .arrivals
+            .iter()
+            .find(|(ts, _)| *ts >= start_ms)
+            .map(|(_, at)| *at);
+        let Some(arrived) = arrived else {
+            return computed;
+        };
+        let drift = match computed.duration_since(arrived) {
+            Ok(ahead) => ahead,
+            Err(behind) => behind.duration(),
+        };
+        if drift <= MAX_DATE_DRIFT {
+            return computed;
+        }
+        let wall = arrived
+            .checked_sub(Duration::from_millis(start_ms.max(0) as u64))
+            .unwrap_or(arrived);
+        self.anchor = Some((anchor_pts, wall));
+        arrived
     }
 
     /// The picture's timestamp on the mirror's timeline (ms since the first picture), or `None`
