@@ -117,9 +117,7 @@ async fn the_live_playlist_plays_in_ffmpeg_and_slides() {
     }
     // A removed segment stays available for its duration plus the playlist's (the HLS spec's
     // rule for servers), so at most 2 × window + 1 segments and the playlist are on disk.
-    let files = std::fs::read_dir(server.hls.as_ref().unwrap().dir())
-        .unwrap()
-        .count();
+    let files = published_files(server.hls.as_ref().unwrap().dir());
     assert!(files <= 2 * 3 + 2, "{files} files for a 3-segment window");
 
     // Not yet written, or outside the directory: 404, never another file.
