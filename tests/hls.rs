@@ -446,8 +446,8 @@ fn dates_stay_near_real_time_when_pictures_come_in_a_burst() {
     let playlist = std::fs::read_to_string(mirror.dir().join("live.m3u8")).unwrap();
     let newest = playlist
         .lines()
-        .filter_map(|l| l.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:"))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:"))
         .unwrap()
         .to_string();
     let now = std::time::SystemTime::now()
