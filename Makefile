@@ -55,7 +55,8 @@ build:
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	# Release profile, like every other target: a dev-profile run would rebuild OpenCV bindings.
+	cargo clippy --release --all-targets -- -D warnings
 
 ## bench: the fan-out benchmark (100 and 1000 WebSocket viewers, 30 s each; results in
 ## target/bench/fanout.json). e.g. `make bench BENCH_ARGS="--viewers 10 --seconds 5"`.
