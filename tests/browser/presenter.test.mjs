@@ -13,6 +13,7 @@ import {
   fakeCameraArgs,
   launchBrowser,
   openViewer,
+  percentile,
   sleep,
   startLenscast,
   waitForPlayback,
@@ -118,9 +119,6 @@ function greenPixels(page) {
   });
 }
 
-function percentile(sorted, p) {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
-}
 
 test('presenter: the camera goes live, the server boxes the face, a viewer sees it', { timeout: 120000 }, async () => {
   await withServerAndBrowser(async (server, context) => {
