@@ -271,3 +271,29 @@ export function fakeCameraArgs(fixture, seconds) {
     `--use-file-for-fake-video-capture=${y4m}`,
   ];
 }
+
+/**
+ * Starts a server with `start()` and a browser with `browserArgs`, runs `body(server, context)`,
+ * and always cleans both up; a failure carries the server's output.
+ */
+export async function withServerAndBrowser(start, body, { browserArgs = [] } = {}) {
+  const server = await start();
+  let browser;
+  try {
+    browser = await launchBrowser({ args: browserArgs });
+    await body(server, browser.context);
+  } catch (err) {
+    err.message += `\n--- server output ---\n${server.log()}`;
+    throw err;
+  } finally {
+    await browser?.close();
+    await server.stop();
+  }
+}
+
+/** `GET /api/status` as JSON (throws on a non-200 answer). */
+export async function fetchStatus(server) {
+  const response = await fetch(new URL('/api/status', server.url));
+  if (response.status !== 200) throw new Error(`/api/status answered ${response.status}`);
+  return response.json();
+}

@@ -14,7 +14,9 @@ import {
   openViewer,
   percentile,
   sleep,
+  fetchStatus,
   startLenscast,
+  withServerAndBrowser,
   waitForPicture,
   waitForPlayback,
 } from './helpers.mjs';
@@ -28,27 +30,8 @@ const PLAYLIST_WINDOW = 6; // segments the server lists (HlsConfig's default win
 // Joining takes a first playlist (about a second after the server starts), hls.js and segments.
 const START_TIMEOUT_MS = 30000;
 
-/** Starts the annotating server and a browser, runs `body`, and always cleans both up. */
-async function withServerAndBrowser(body) {
-  const server = await startLenscast([]);
-  let browser;
-  try {
-    browser = await launchBrowser();
-    await body(server, browser.context);
-  } catch (err) {
-    err.message += `\n--- server output ---\n${server.log()}`;
-    throw err;
-  } finally {
-    await browser?.close();
-    await server.stop();
-  }
-}
-
-async function status(server) {
-  const response = await fetch(new URL('/api/status', server.url));
-  assert.equal(response.status, 200);
-  return response.json();
-}
+/** The annotating server (demo input) and a browser, cleaned up after `body`. */
+const withAnnotatingServer = (body) => withServerAndBrowser(() => startLenscast([]), body);
 
 /** How long ago (s) the newest segment in the playlist ended, by its PROGRAM-DATE-TIME. */
 async function playlistAge(server) {
@@ -64,7 +47,7 @@ async function playlistAge(server) {
 async function waitForFullPlaylist(server, timeoutMs = 20000) {
   let mirror;
   for (let waited = 0; waited < timeoutMs; waited += 250) {
-    mirror = (await status(server)).hls;
+    mirror = (await fetchStatus(server)).hls;
     if (mirror.segments >= PLAYLIST_WINDOW) return;
     await sleep(250);
   }
@@ -72,7 +55,7 @@ async function waitForFullPlaylist(server, timeoutMs = 20000) {
 }
 
 test('hls.html: hls.js plays the mirror from the server\'s own copy', { timeout: 90000 }, async () => {
-  await withServerAndBrowser(async (server, context) => {
+  await withAnnotatingServer(async (server, context) => {
     const page = await openViewer(context, `${server.url}hls.html`);
     await waitForPlayback(page, 2, START_TIMEOUT_MS);
     await waitForPicture(page);
@@ -84,14 +67,14 @@ test('hls.html: hls.js plays the mirror from the server\'s own copy', { timeout:
     assert.match(await page.textContent('#status'), /^playing · hls\.js · \d+\.\d s behind live/);
     // hls.js came from lenscast, not a CDN, and the picture is the mirror's H.264.
     assert.equal(await page.evaluate(() => typeof window.Hls?.isSupported), 'function');
-    const mirror = (await status(server)).hls;
+    const mirror = (await fetchStatus(server)).hls;
     assert.equal(mirror.error, null, JSON.stringify(mirror));
     assert.ok(mirror.segments > 0, JSON.stringify(mirror));
   });
 });
 
 test('hls.html: starts once the playlist loads, after failed loads', { timeout: 90000 }, async () => {
-  await withServerAndBrowser(async (server, context) => {
+  await withAnnotatingServer(async (server, context) => {
     // The first playlist requests fail, as when the mirror has not written one yet.
     let refused = 0;
     await context.route('**/hls/live.m3u8', (route) =>
@@ -109,7 +92,7 @@ test('hls.html: starts once the playlist loads, after failed loads', { timeout: 
 });
 
 test('viewer: /?hls plays the HLS mirror instead of the WebM stream', { timeout: 90000 }, async () => {
-  await withServerAndBrowser(async (server, context) => {
+  await withAnnotatingServer(async (server, context) => {
     const page = await openViewer(context, `${server.url}?hls`);
     await waitForPlayback(page, 2, START_TIMEOUT_MS);
     await waitForPicture(page);
@@ -121,12 +104,12 @@ test('viewer: /?hls plays the HLS mirror instead of the WebM stream', { timeout:
     assert.ok(state.behindLive > 0 && state.behindLive < LATENCY_LIMIT_S, await describe(page));
     assert.match(await page.textContent('#status'), /^playing · HLS \(hls\.js\) · .*s behind live/);
     // The page never opened the WebM stream: the server counts no viewer.
-    assert.equal((await status(server)).viewers, 0);
+    assert.equal((await fetchStatus(server)).viewers, 0);
   });
 });
 
 test('viewer: falls back to HLS by itself when MSE cannot take WebM', { timeout: 90000 }, async () => {
-  await withServerAndBrowser(async (server, context) => {
+  await withAnnotatingServer(async (server, context) => {
     // A browser whose MSE plays MP4 (as Safari's did) but no WebM.
     await context.addInitScript(() => {
       const isTypeSupported = MediaSource.isTypeSupported.bind(MediaSource);
@@ -139,12 +122,12 @@ test('viewer: falls back to HLS by itself when MSE cannot take WebM', { timeout:
     const state = await page.evaluate(() => window.lenscast);
     assert.equal(state.engine, 'hls', await describe(page));
     assert.equal(state.hls.engine, 'hls.js', await describe(page));
-    assert.equal((await status(server)).viewers, 0);
+    assert.equal((await fetchStatus(server)).viewers, 0);
   });
 });
 
 test('hls.js: how far behind live it plays with 1 s segments', { timeout: 120000 }, async () => {
-  await withServerAndBrowser(async (server, context) => {
+  await withAnnotatingServer(async (server, context) => {
     // A viewer who joins a full playlist, as most do, not one that is still growing.
     await waitForFullPlaylist(server);
     const page = await openViewer(context, `${server.url}hls.html`);
@@ -167,7 +150,7 @@ test('hls.js: how far behind live it plays with 1 s segments', { timeout: 120000
       if (age !== null) playlistAges.push(age);
     }
     const stalls = await page.evaluate(() => window.__stalls);
-    const mirror = (await status(server)).hls;
+    const mirror = (await fetchStatus(server)).hls;
 
     const sorted = [...behind].sort((a, b) => a - b);
     const p50 = percentile(sorted, 50);

@@ -15,7 +15,9 @@ import {
   openViewer,
   percentile,
   sleep,
+  fetchStatus,
   startLenscast,
+  withServerAndBrowser,
   waitForPlayback,
 } from './helpers.mjs';
 
@@ -30,27 +32,11 @@ before(() => {
   cameraArgs = fakeCameraArgs('face.webm', 6);
 });
 
-/** Starts an annotating server with a known token and a browser with the fake camera. */
-async function withServerAndBrowser(body) {
-  const server = await startLenscast(['--publish-token', TOKEN]);
-  let browser;
-  try {
-    browser = await launchBrowser({ args: cameraArgs });
-    await body(server, browser.context);
-  } catch (err) {
-    err.message += `\n--- server output ---\n${server.log()}`;
-    throw err;
-  } finally {
-    await browser?.close();
-    await server.stop();
-  }
-}
-
-async function status(server) {
-  const response = await fetch(new URL('/api/status', server.url));
-  assert.equal(response.status, 200);
-  return response.json();
-}
+/** An annotating server with a known token and a browser with the fake camera. */
+const withPresenterSetup = (body) =>
+  withServerAndBrowser(() => startLenscast(['--publish-token', TOKEN]), body, {
+    browserArgs: cameraArgs,
+  });
 
 /** The presenter's state and console, as text for assertion messages. */
 async function describePresenter(page) {
@@ -121,7 +107,7 @@ function greenPixels(page) {
 
 
 test('presenter: the camera goes live, the server boxes the face, a viewer sees it', { timeout: 120000 }, async () => {
-  await withServerAndBrowser(async (server, context) => {
+  await withPresenterSetup(async (server, context) => {
     const presenter = await startPresenting(context, server);
     await waitForPresenterFrames(presenter);
     const { mime, bytesSent } = await presenter.evaluate(() => window.lenscastPresenter);
@@ -139,10 +125,10 @@ test('presenter: the camera goes live, the server boxes the face, a viewer sees 
     assert.ok(green > MIN_GREEN_PIXELS, `${green} box-green pixels\n${await describe(viewer)}`);
 
     // The faces are the presenter's: the count grows while the presenter is the input.
-    const first = (await status(server)).pipeline;
+    const first = (await fetchStatus(server)).pipeline;
     assert.equal(first.presenter_connected, true, JSON.stringify(first));
     await sleep(2000);
-    const later = (await status(server)).pipeline;
+    const later = (await fetchStatus(server)).pipeline;
     assert.equal(later.presenter_connected, true, JSON.stringify(later));
     assert.ok(later.faces_total > first.faces_total, `faces_total ${first.faces_total} -> ${later.faces_total}`);
 
@@ -152,14 +138,14 @@ test('presenter: the camera goes live, the server boxes the face, a viewer sees 
     let pipeline = later;
     for (let attempt = 0; attempt < 20 && pipeline.presenter_connected; attempt++) {
       await sleep(250);
-      pipeline = (await status(server)).pipeline;
+      pipeline = (await fetchStatus(server)).pipeline;
     }
     assert.equal(pipeline.presenter_connected, false, JSON.stringify(pipeline));
   });
 });
 
 test('presenter: a wrong token is refused, with the server\'s 401 reason', { timeout: 60000 }, async () => {
-  await withServerAndBrowser(async (server, context) => {
+  await withPresenterSetup(async (server, context) => {
     const page = await openViewer(context, `${server.url}present?token=not-the-token`);
     await page.waitForSelector('#start:not([disabled])', { timeout: 10000 });
     await page.click('#start');
@@ -168,12 +154,12 @@ test('presenter: a wrong token is refused, with the server\'s 401 reason', { tim
     assert.equal(bytesSent, 0);
     assert.match(reason, /^401 .*token/, await describePresenter(page));
     assert.match(await page.textContent('#state'), /^refused: 401/);
-    assert.equal((await status(server)).pipeline.presenter_connected, false);
+    assert.equal((await fetchStatus(server)).pipeline.presenter_connected, false);
   });
 });
 
 test('presenter: a second presenter gets 409, or takes over when asked', { timeout: 90000 }, async () => {
-  await withServerAndBrowser(async (server, context) => {
+  await withPresenterSetup(async (server, context) => {
     const first = await startPresenting(context, server);
     await waitForPresenter(first, (p) => p.state === 'live', 'live');
 
@@ -192,7 +178,7 @@ test('presenter: a second presenter gets 409, or takes over when asked', { timeo
 });
 
 test('glass-to-glass: the presenter\'s clock read back on the viewer', { timeout: 120000 }, async () => {
-  await withServerAndBrowser(async (server, context) => {
+  await withPresenterSetup(async (server, context) => {
     const presenter = await startPresenting(context, server, '&clock=1');
     await waitForPresenterFrames(presenter);
     const viewer = await openViewer(context, `${server.url}?clock=1`);
@@ -206,7 +192,7 @@ test('glass-to-glass: the presenter\'s clock read back on the viewer', { timeout
       behindLive.push(await viewer.evaluate(() => window.lenscast.behindLive));
     }
     const samples = await viewer.evaluate(() => [...window.lenscast.glassToGlassMs]);
-    const pipeline = (await status(server)).pipeline;
+    const pipeline = (await fetchStatus(server)).pipeline;
     const visibility = await presenter.evaluate(() => document.visibilityState);
 
     const sorted = [...samples].sort((a, b) => a - b);
@@ -247,7 +233,7 @@ test('glass-to-glass: the presenter\'s clock read back on the viewer', { timeout
 });
 
 test('presenter: a stream the server refuses, and a link too slow, are shown', { timeout: 90000 }, async () => {
-  await withServerAndBrowser(async (server, context) => {
+  await withPresenterSetup(async (server, context) => {
     // Bytes that are not WebM: the server closes with 1003 and says why.
     const garbled = await openViewer(context, `${server.url}present?token=${TOKEN}`);
     await garbled.waitForSelector('#start:not([disabled])', { timeout: 10000 });

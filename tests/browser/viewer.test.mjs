@@ -10,26 +10,14 @@ import {
   sleep,
   waitForPicture,
   startServer,
+  withServerAndBrowser,
   waitForPlayback,
 } from './helpers.mjs';
 
 // Frames with a mean luma above this and some spread are real pictures, not black or blank.
 
-/** Starts the server and a browser, runs `body`, and always cleans both up. */
-async function withServerAndBrowser(fixture, body) {
-  const server = await startServer(fixture);
-  let browser;
-  try {
-    browser = await launchBrowser();
-    await body(server, browser.context);
-  } catch (err) {
-    err.message += `\n--- server output ---\n${server.log()}`;
-    throw err;
-  } finally {
-    await browser?.close();
-    await server.stop();
-  }
-}
+/** A passthrough server on `fixture` and a browser, cleaned up after `body`. */
+const withFixture = (fixture, body) => withServerAndBrowser(() => startServer(fixture), body);
 
 async function assertNearLive(page) {
   const behind = await page.evaluate(() => window.lenscast.behindLive);
@@ -37,7 +25,7 @@ async function assertNearLive(page) {
 }
 
 test('video: two viewers, one joining later, both play real frames near live', { timeout: 90000 }, async () => {
-  await withServerAndBrowser('face.webm', async (server, context) => {
+  await withFixture('face.webm', async (server, context) => {
     const first = await openViewer(context, server.url);
     await waitForPlayback(first, 1, 20000);
     await waitForPicture(first);
@@ -62,7 +50,7 @@ test('video: two viewers, one joining later, both play real frames near live', {
 });
 
 test('audio only: an Opus stream plays in the same page', { timeout: 60000 }, async () => {
-  await withServerAndBrowser('opus.webm', async (server, context) => {
+  await withFixture('opus.webm', async (server, context) => {
     const page = await openViewer(context, server.url);
     await waitForPlayback(page, 1, 20000);
     const state = await page.evaluate(() => window.lenscast);
