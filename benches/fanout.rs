@@ -581,7 +581,7 @@ async fn watch_stream(
 fn parse_events(reader: &mut StreamReader, report: &mut ViewerReport) {
     loop {
         match reader.next_event() {
-            Ok(Some(Event::ClusterStart { timecode })) => {
+            Ok(Some(Event::ClusterStart { timecode, .. })) => {
                 report.clusters.push((timecode, Instant::now()));
             }
             Ok(Some(_)) => {}

@@ -13,9 +13,9 @@
 
 use std::time::{Duration, Instant};
 
-use lenscast::broadcast::Hub;
-use lenscast::ingest::{self, Feeder, Pacer, Sink, Target};
-use lenscast::pipeline::{Pipeline, PipelineConfig, PipelineStats};
+use lenscast::pipeline::{PipelineConfig, PipelineStats};
+use lenscast::server::{Server, ServerConfig};
+use lenscast::source::{self, Feeder, Pacer, Slot, SourceKind};
 
 const FIXTURE: &[u8] = include_bytes!("../fixtures/face.webm");
 
@@ -33,6 +33,20 @@ struct Run {
     encode_ms: f64,
     latency_ms_p50: f64,
     latency_ms_p99: f64,
+    /// Process CPU time (user + system, all threads) per frame out, ms.
+    cpu_ms_per_frame: f64,
+}
+
+/// User + system CPU time this process has used so far, in seconds.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the zeroed struct we pass.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 fn pin_to_cores(cores: usize) {
@@ -49,12 +63,15 @@ fn pin_to_cores(cores: usize) {
 }
 
 /// Feeds the fixture in a loop until `stop`, paced or not.
-async fn feed(sink: Sink, paced: bool, stop: Instant) {
-    let id = sink.begin("bench", false).await;
+async fn feed(slot: Slot, paced: bool, stop: Instant) {
+    let guard = slot
+        .claim("bench", SourceKind::Input, false)
+        .await
+        .expect("the slot is free");
     let pacer = paced.then(Pacer::new);
-    let mut feeder = Feeder::new("bench", sink.clone(), id, pacer, false);
+    let mut feeder = Feeder::new(guard, true, pacer, false);
     while Instant::now() < stop {
-        ingest::read_all("bench", FIXTURE, &mut feeder)
+        source::read_all(FIXTURE, &mut feeder)
             .await
             .expect("fixture feeds");
         feeder.next_loop();
@@ -62,29 +79,37 @@ async fn feed(sink: Sink, paced: bool, stop: Instant) {
 }
 
 async fn measure(cores: usize, mode: &'static str, seconds: f64) -> Run {
-    let hub = Hub::default();
-    let config = PipelineConfig {
-        // Throughput: never drop, measure how fast frames can go. Live: the real policy.
-        max_lag: if mode == "throughput" {
-            Duration::from_secs(3600)
-        } else {
-            PipelineConfig::default().max_lag
+    let config = ServerConfig {
+        pipeline: PipelineConfig {
+            // Throughput: never drop, measure how fast frames can go. Live: the real policy.
+            max_lag: if mode == "throughput" {
+                Duration::from_secs(3600)
+            } else {
+                PipelineConfig::default().max_lag
+            },
+            ..PipelineConfig::default()
         },
-        ..PipelineConfig::default()
+        hls: None,
+        ..ServerConfig::default()
     };
-    let pipeline = Pipeline::start(hub.clone(), config, None).expect("pipeline starts");
-    let sink = Sink::new(Target::Pipeline(pipeline.clone()));
+    // The same constructor as the binary; no listener is needed to drive the pipeline.
+    let server = Server::new(config).expect("server builds").without_input();
+    let slot = server.app().slot.clone();
+    let pipeline = slot.pipeline().expect("annotating").clone();
     let warmup = Duration::from_secs(2);
     let window = Duration::from_secs_f64(seconds);
     let stop = Instant::now() + warmup + window + Duration::from_secs(1);
-    let feeder = tokio::spawn(feed(sink, mode == "live", stop));
+    let feeder = tokio::spawn(feed(slot, mode == "live", stop));
     tokio::time::sleep(warmup).await;
     let before: PipelineStats = pipeline.stats();
+    let cpu_before = cpu_seconds();
     let started = Instant::now();
     tokio::time::sleep(window).await;
     let after = pipeline.stats();
+    let cpu = cpu_seconds() - cpu_before;
     let elapsed = started.elapsed().as_secs_f64();
     feeder.abort();
+    tokio::task::block_in_place(|| pipeline.stop());
     let detections = |s: &PipelineStats| s.faces_total; // faces, one per detection here
     Run {
         cores,
@@ -99,6 +124,7 @@ async fn measure(cores: usize, mode: &'static str, seconds: f64) -> Run {
         encode_ms: after.encode_ms,
         latency_ms_p50: after.latency_ms_p50,
         latency_ms_p99: after.latency_ms_p99,
+        cpu_ms_per_frame: cpu * 1000.0 / (after.frames_out - before.frames_out).max(1) as f64,
     }
 }
 
@@ -148,7 +174,7 @@ fn main() {
     }
     println!("\npipeline benchmark: face.webm 640x480 30 fps, {seconds} s windows");
     println!(
-        "{:>5} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "{:>5} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "cores",
         "mode",
         "fps_out",
@@ -158,11 +184,12 @@ fn main() {
         "detect",
         "encode",
         "lat p50",
-        "lat p99"
+        "lat p99",
+        "cpu/frame"
     );
     for r in &runs {
         println!(
-            "{:>5} {:>10} {:>8.1} {:>8} {:>8.1} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>7.1}ms {:>7.1}ms",
+            "{:>5} {:>10} {:>8.1} {:>8} {:>8.1} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>7.1}ms {:>7.1}ms {:>7.2}ms",
             r["cores"],
             r["mode"].as_str().unwrap(),
             r["fps_out"].as_f64().unwrap(),
@@ -172,7 +199,8 @@ fn main() {
             r["detect_ms"].as_f64().unwrap(),
             r["encode_ms"].as_f64().unwrap(),
             r["latency_ms_p50"].as_f64().unwrap(),
-            r["latency_ms_p99"].as_f64().unwrap()
+            r["latency_ms_p99"].as_f64().unwrap(),
+            r["cpu_ms_per_frame"].as_f64().unwrap()
         );
     }
     std::fs::create_dir_all("target/bench").unwrap();

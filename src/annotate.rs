@@ -123,8 +123,8 @@ impl FaceDetector {
 pub struct Detection {
     pub faces: Vec<FaceBox>,
     pub at: Option<Instant>,
-    /// Which source the frame came from, so boxes never cross to another source.
-    pub source: u64,
+    /// The source epoch of the picture (see [`Annotator::new_source`]).
+    pub epoch: u64,
 }
 
 /// Figures the status page shows about detection.
@@ -141,11 +141,14 @@ pub struct DetectStats {
 }
 
 struct Mailbox {
+    /// The newest gray picture, its size, and its source epoch.
     frame: Option<(Vec<u8>, u32, u32, u64)>,
     closed: bool,
 }
 
 struct Shared {
+    /// Bumped at each new source, so boxes never cross from one source to the next.
+    epoch: std::sync::atomic::AtomicU64,
     mailbox: Mutex<Mailbox>,
     ready: Condvar,
     latest: Mutex<Detection>,
@@ -165,6 +168,7 @@ impl Annotator {
         let mut detector = FaceDetector::new()?;
         let _ = opencv::core::set_num_threads(1);
         let shared = Arc::new(Shared {
+            epoch: std::sync::atomic::AtomicU64::new(0),
             mailbox: Mutex::new(Mailbox {
                 frame: None,
                 closed: false,
@@ -184,8 +188,20 @@ impl Annotator {
         })
     }
 
+    /// A new source begins: boxes found on earlier pictures are no longer drawn.
+    pub fn new_source(&self) {
+        self.shared
+            .epoch
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn epoch(&self) -> u64 {
+        self.shared.epoch.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Offers the Y plane of the newest picture to the detector (copied, tightly packed).
-    pub fn offer(&self, y_plane: &[u8], stride: usize, width: u32, height: u32, source: u64) {
+    pub fn offer(&self, y_plane: &[u8], stride: usize, width: u32, height: u32) {
+        let source = self.epoch();
         let mut gray = Vec::with_capacity((width * height) as usize);
         for row in y_plane.chunks(stride).take(height as usize) {
             gray.extend_from_slice(&row[..width as usize]);
@@ -205,11 +221,12 @@ impl Annotator {
         self.shared.ready.notify_one();
     }
 
-    /// The boxes to draw for `source` now (empty if none are recent enough).
-    pub fn current_faces(&self, source: u64) -> Vec<FaceBox> {
+    /// The boxes to draw on the current source's picture now (empty if none are recent).
+    pub fn current_faces(&self) -> Vec<FaceBox> {
+        let epoch = self.epoch();
         let latest = self.shared.latest.lock().expect("latest lock");
         let fresh = latest.at.is_some_and(|at| at.elapsed() < MAX_BOX_AGE);
-        if fresh && latest.source == source {
+        if fresh && latest.epoch == epoch {
             latest.faces.clone()
         } else {
             Vec::new()
@@ -234,7 +251,7 @@ impl Drop for Annotator {
 
 fn detect_loop(shared: &Shared, detector: &mut FaceDetector) {
     loop {
-        let (gray, width, height, source) = {
+        let (gray, width, height, epoch) = {
             let mut mailbox = shared.mailbox.lock().expect("mailbox lock");
             loop {
                 if mailbox.closed {
@@ -260,7 +277,7 @@ fn detect_loop(shared: &Shared, detector: &mut FaceDetector) {
                 *shared.latest.lock().expect("latest lock") = Detection {
                     faces,
                     at: Some(Instant::now()),
-                    source,
+                    epoch,
                 };
             }
             Err(error) => {

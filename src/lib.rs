@@ -5,38 +5,41 @@
 //!
 //! Data flows through one module per stage, in this order:
 //!
-//! - [`ingest`]: where WebM bytes come from (the looped demo or a file, paced in real time;
-//!   stdin; a presenter's upload) and the [`ingest::Feeder`] that runs them through the reader
-//!   into the [`ingest::Sink`], which admits one source at a time.
-//! - [`decode`]: compressed video frames to pictures (ffmpeg-next: VP8, VP9, H.264).
+//! - [`source`]: where WebM bytes come from (the looped demo or a file, paced in real time;
+//!   stdin; a presenter's upload). The [`source::Slot`] is the one owner of which source is
+//!   live; each source feeds its bytes through our reader and its checks in a
+//!   [`source::Feeder`].
+//! - [`clock`]: media time ([`clock::MediaTime`]), the sanity rules for a source's
+//!   timestamps, and the output [`clock::Timeline`] that stays continuous across sources.
+//! - [`media`]: decode (ffmpeg-next: VP8, VP9, H.264), scale (aspect kept, letterboxed into
+//!   the output size), encode (libvpx VP8 in realtime mode).
 //! - [`annotate`]: Haar-cascade face detection (OpenCV) on its own thread, boxes drawn on
 //!   every picture.
-//! - [`encode`]: pictures to VP8 with libvpx in realtime mode.
-//! - [`webm`]: our own live WebM writer, our incremental EBML stream reader (bytes in, events
-//!   out, synchronous and byte-exact), and the live muxer that turns the events of one
-//!   source after another into a single viewer stream (init segment, unknown-size Clusters,
-//!   forward-only timestamps).
-//! - [`hls`]: the HLS mirror: the same annotated pictures encoded again to H.264 (libx264),
-//!   cut into MPEG-TS segments on forced keyframes, with a sliding live playlist, written
-//!   atomically into a directory made for the run.
-//! - [`broadcast`]: the hub. Caches the init segment and the latest keyframe Cluster so a new
-//!   viewer starts at once, and fans chunks out over a `tokio::sync::broadcast` channel; a
-//!   viewer that lags skips to the next keyframe Cluster.
+//! - [`pipeline`]: the thread that drives decode → scale → annotate → encode → webm for the
+//!   live source (with `--passthrough`, sources are remuxed instead).
+//! - [`webm`]: our incremental EBML stream reader (bytes in, events out, synchronous and
+//!   byte-exact), the live writer that turns encoded frames into viewer-stream chunks, and the
+//!   remuxer that turns a passthrough source's events into the same chunks.
+//! - [`hub`]: caches the init segment and the latest keyframe Cluster so a new viewer starts
+//!   at once, and fans chunks out over a `tokio::sync::broadcast` channel; a viewer that lags
+//!   skips to the next keyframe Cluster.
+//! - [`hls`]: the HLS mirror: the same annotated pictures encoded again to H.264, cut into
+//!   MPEG-TS segments with a sliding live playlist, written atomically into a run directory.
 //! - [`http`]: warp routes: pages, viewers (`/ws/view`, `/live.webm`), presenters
 //!   (`/ws/publish`, `PUT /publish`), `/api/status`, `/healthz`.
 //!
-//! [`pipeline`] is the thread that drives decode → annotate → encode → webm for the sources
-//! (with `--passthrough`, sources feed the hub directly). The binary (`main.rs`) parses the
-//! command line and wires these together.
+//! [`server`] wires these together (the binary, the tests and the benchmarks all use
+//! [`server::Server::new`]) and owns shutdown.
 
 pub mod annotate;
-pub mod broadcast;
-pub mod decode;
-pub mod encode;
+pub mod clock;
 pub mod hls;
 pub mod http;
-pub mod ingest;
+pub mod hub;
+pub mod media;
 pub mod pipeline;
+pub mod server;
+pub mod source;
 pub mod webm;
 
 /// The built-in demo: a face video from `fixtures/`, looped when no `--input` is given.

@@ -2,17 +2,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use lenscast::broadcast::Hub;
-use lenscast::hls::{HlsConfig, HlsMirror};
-use lenscast::http::publish::Publishing;
-use lenscast::http::{self, App, HttpConfig};
-use lenscast::ingest::{self, Input, Sink, Target};
-use lenscast::pipeline::{Mode, Pipeline, PipelineConfig};
+use lenscast::hls::HlsConfig;
+use lenscast::http::{self, HttpConfig};
+use lenscast::pipeline::PipelineConfig;
+use lenscast::server::{Server, ServerConfig};
+use lenscast::source::Input;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -56,8 +54,8 @@ struct ServeArgs {
     publish_token: Option<String>,
 
     /// Seconds between keyframes in the re-encoded stream (how long a new viewer may wait).
-    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
-    keyframe_interval: f64,
+    #[arg(long, default_value = "1", value_name = "SECONDS", value_parser = seconds(0.1, 60.0))]
+    keyframe_interval: Duration,
 
     /// Target bitrate of the re-encoded VP8 stream, in bits/s (suffixes k and M accepted).
     #[arg(long, default_value = "1M", value_parser = parse_bitrate)]
@@ -69,20 +67,39 @@ struct ServeArgs {
     allow_origin: Vec<String>,
 
     /// Length of an HLS segment in seconds (the HLS mirror at /hls/live.m3u8).
-    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
-    hls_segment: f64,
+    #[arg(long, default_value = "1", value_name = "SECONDS", value_parser = seconds(0.5, 10.0))]
+    hls_segment: Duration,
 
     /// Turn the HLS mirror off (no H.264 encode, no /hls/ files).
     #[arg(long)]
     no_hls: bool,
 
     /// Disconnect a viewer whose connection accepts no data for this many seconds.
-    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
-    viewer_timeout: f64,
+    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = seconds(0.1, 3600.0))]
+    viewer_timeout: Duration,
+
+    /// End a presenter that sends no media for this many seconds (its header alone does not
+    /// count); the demo or --input then resumes.
+    #[arg(long, default_value = "5", value_name = "SECONDS", value_parser = seconds(0.5, 3600.0))]
+    presenter_idle: Duration,
 
     /// Chunks kept for viewers that fall behind, before they skip to the next keyframe.
-    #[arg(long, default_value_t = lenscast::broadcast::DEFAULT_CHANNEL_CAPACITY)]
+    #[arg(long, default_value_t = lenscast::hub::DEFAULT_CHANNEL_CAPACITY)]
     viewer_buffer: usize,
+}
+
+/// A parser for a number of seconds within `min..=max` (so `inf`, `NaN` and absurd values
+/// are refused with a clear message instead of panicking later).
+fn seconds(min: f64, max: f64) -> impl Fn(&str) -> Result<Duration, String> + Clone {
+    move |text: &str| {
+        let value: f64 = text
+            .parse()
+            .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+        if !(min..=max).contains(&value) {
+            return Err(format!("{text} is outside {min}..{max} seconds"));
+        }
+        Ok(Duration::from_secs_f64(value))
+    }
 }
 
 /// `800k`, `1.5M` or `1000000` to bits per second.
@@ -115,19 +132,19 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(args).await?,
     }
+    // Everything we started has stopped; do not wait for a thread still blocked reading
+    // stdin (tokio's stdin reads on a blocking thread the runtime would wait for).
+    std::process::exit(0);
 }
 
 /// Ctrl-C or SIGTERM (what `kill`, systemd and CI send), so the HLS directory is cleaned up.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
+async fn shutdown_signal(mut term: tokio::signal::unix::Signal) {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    tracing::info!("shutting down");
 }
 
 /// A random 128-bit token, hex encoded.
@@ -138,10 +155,7 @@ fn generate_token() -> String {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let input = match args.input.as_deref() {
-        None => Input::Memory {
-            name: "demo:face.webm".into(),
-            bytes: bytes::Bytes::from_static(lenscast::DEMO_WEBM),
-        },
+        None => Input::demo(),
         Some("-") => Input::Stdin,
         Some(path) => {
             let path = PathBuf::from(path);
@@ -149,81 +163,37 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Input::File(path)
         }
     };
-    anyhow::ensure!(
-        args.viewer_timeout > 0.0,
-        "--viewer-timeout must be positive"
-    );
-    anyhow::ensure!(
-        args.keyframe_interval >= 0.1,
-        "--keyframe-interval must be at least 0.1 s"
-    );
-    anyhow::ensure!(
-        (0.5..=10.0).contains(&args.hls_segment),
-        "--hls-segment must be between 0.5 and 10 seconds"
-    );
-    let hub = Hub::new(args.viewer_buffer);
-    let hls = if args.no_hls {
-        None
-    } else {
-        let config = HlsConfig {
-            segment: Duration::from_secs_f64(args.hls_segment),
-            bitrate: args.bitrate,
-            ..HlsConfig::default()
-        };
-        let mirror = HlsMirror::start(config).context("starting the HLS mirror")?;
-        tracing::info!(dir = %mirror.dir().display(), "HLS mirror writing segments");
-        Some(Arc::new(mirror))
-    };
-    let pipeline_config = PipelineConfig {
-        bitrate: args.bitrate,
-        keyframe_interval: Duration::from_secs_f64(args.keyframe_interval),
-        ..PipelineConfig::default()
-    };
-    let sink = if args.passthrough {
-        // Viewers get the source's own WebM; a decode-only pipeline feeds the HLS mirror.
-        let mirror = match &hls {
-            Some(hls) => Some(
-                Pipeline::start(
-                    hub.clone(),
-                    PipelineConfig {
-                        mode: Mode::MirrorOnly,
-                        ..pipeline_config
-                    },
-                    Some(hls.clone()),
-                )
-                .context("starting the HLS mirror's decoder")?,
-            ),
-            None => None,
-        };
-        Sink::with_mirror(Target::Hub(hub.clone()), mirror)
-    } else {
-        Sink::new(Target::Pipeline(
-            Pipeline::start(hub.clone(), pipeline_config, hls.clone())
-                .context("starting the annotation pipeline")?,
-        ))
-    };
     let token = match args.publish_token {
         Some(token) if !token.is_empty() => token,
         _ => generate_token(),
     };
+    let config = ServerConfig {
+        input,
+        passthrough: args.passthrough,
+        token: token.clone(),
+        pipeline: PipelineConfig {
+            bitrate: args.bitrate,
+            keyframe_interval: args.keyframe_interval,
+            ..PipelineConfig::default()
+        },
+        hls: (!args.no_hls).then(|| HlsConfig {
+            segment: args.hls_segment,
+            bitrate: args.bitrate,
+            ..HlsConfig::default()
+        }),
+        http: HttpConfig {
+            allowed_origins: args.allow_origin,
+            viewer_send_timeout: args.viewer_timeout,
+            presenter_idle: args.presenter_idle,
+        },
+        viewer_buffer: args.viewer_buffer,
+    };
+    // Installed before anything starts, so a SIGTERM at any moment shuts down cleanly.
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let server = Server::new(config).context("starting the server")?;
     let listener = http::bind(&args.listen).await?;
     let addr: SocketAddr = listener.local_addr().context("reading the bound address")?;
-    let app = App {
-        hub: hub.clone(),
-        sink: sink.clone(),
-        publishing: Arc::new(Publishing::new(token.clone())),
-        hls: hls.clone(),
-        config: Arc::new(HttpConfig {
-            allowed_origins: args.allow_origin,
-            viewer_send_timeout: Duration::from_secs_f64(args.viewer_timeout),
-        }),
-    };
-
-    tokio::spawn(async move {
-        // Errors are logged and shown in /api/status; the server keeps serving.
-        let _ = ingest::run(input, sink).await;
-    });
-
     let base = format!("http://{addr}");
     println!(
         "lenscast is serving ({})",
@@ -236,17 +206,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("  viewer      {base}/");
     println!("  presenter   {base}/present?token={token}");
     println!("  stream      {base}/live.webm");
-    if hls.is_some() {
+    if !args.no_hls {
         println!("  hls         {base}/hls.html  (playlist {base}/hls/live.m3u8)");
     }
     println!("  status      {base}/api/status");
     tracing::info!(%addr, passthrough = args.passthrough, "listening");
-
-    http::serve(listener, app, shutdown_signal()).await;
-    // The pipeline thread still holds the mirror and ends only with the process, so stop it
-    // here: that finishes its thread and removes the run directory.
-    if let Some(mirror) = hls {
-        mirror.stop();
-    }
+    server.run(listener, shutdown_signal(term)).await;
     Ok(())
 }

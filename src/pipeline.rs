@@ -1,53 +1,53 @@
-//! The annotation pipeline: decode → annotate → encode → live WebM writer → our reader → hub.
+//! The annotation pipeline: source events → decode → scale → annotate → encode → live WebM
+//! writer → hub chunks (and the same pictures to the HLS mirror).
 //!
 //! It runs on its own OS thread because every stage is CPU-bound and synchronous (FFmpeg,
-//! OpenCV); async tasks feed it through a bounded channel, so a source that outruns it is
-//! slowed by backpressure instead of queueing without bound. Face detection runs on a second
-//! thread beside it (see [`crate::annotate`]).
+//! OpenCV); the [`Slot`](crate::source::Slot) feeds it through a bounded channel, so a source
+//! that outruns it is slowed by backpressure instead of queueing without bound. Face detection
+//! runs on a second thread beside it (see [`crate::annotate`]).
 //!
 //! Overload policy (documented in the README): every video frame is decoded, because later
 //! frames reference earlier ones, but a frame that reaches the encoder more than `max_lag`
 //! after it arrived is dropped (not annotated, not encoded) and counted in `frames_dropped`.
 //! That sheds load in whole frames and lets the path catch up to the live edge instead of
 //! falling ever further behind. However late frames are, one is still encoded at least
-//! every `MAX_ENCODE_GAP` (200 ms), so viewers see a slower picture, never a frozen one. The next encoded frame after a drop is still valid VP8:
-//! the encoder, not the decoder, decides references.
+//! every `MAX_ENCODE_GAP` (200 ms), so viewers see a slower picture, never a frozen one. The
+//! next encoded frame after a drop is still valid VP8: the encoder, not the decoder, decides
+//! references.
 //!
-//! The output is one continuous stream for as long as the server runs: sources (the demo,
-//! presenters, stdin) come and go, but the encoder, the output size and the timeline stay, so
-//! viewers never reload. A picture of another size is scaled to the running output size.
+//! The output is one continuous stream for as long as the server runs: sources come and go,
+//! but the encoder, the output size and the [`Timeline`] stay, so viewers never reload. A
+//! picture of another shape is letterboxed into the output size (see [`crate::media::scale`]).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ffmpeg_next::util::frame::Video as VideoFrame;
 use tokio::sync::mpsc;
 
 use crate::annotate::{self, Annotator};
-use crate::broadcast::Hub;
-use crate::decode::{Converter, VideoDecoder};
-use crate::encode::Vp8Encoder;
+use crate::clock::{MediaTime, Timeline};
 use crate::hls::HlsMirror;
-use crate::webm::writer::{AudioTrack, LiveWriter, OutputTracks};
-use crate::webm::{Event, StreamReader, TrackKind};
+use crate::hub::Hub;
+use crate::media::decode::VideoDecoder;
+use crate::media::encode::Vp8Encoder;
+use crate::media::scale::Scaler;
+use crate::webm::writer::{AudioTrack, LiveWriter, OutputTracks, AUDIO_TRACK, VIDEO_TRACK};
+use crate::webm::{Event, TrackKind, Tracks};
 
-/// Messages a source sends into the pipeline.
+/// Under overload, a frame is encoded at least this often however late it is.
+const MAX_ENCODE_GAP: Duration = Duration::from_millis(200);
+
+/// Latency samples kept for the p50/p99 shown in status.
+const LATENCY_SAMPLES: usize = 300;
+
+/// Messages the slot sends, in order: `Start`, events, `End` of one source, then the next.
 #[derive(Debug)]
 pub enum Message {
-    Start {
-        source: u64,
-        name: String,
-        presenter: bool,
-    },
-    Event {
-        source: u64,
-        event: Event,
-        arrived: Instant,
-    },
-    End {
-        source: u64,
-        reason: String,
-    },
+    Start { name: String, presenter: bool },
+    Event { event: Event, arrived: Instant },
+    End { reason: String },
 }
 
 /// What the pipeline produces.
@@ -88,6 +88,8 @@ impl Default for PipelineConfig {
 pub enum PipelineError {
     #[error(transparent)]
     Annotate(#[from] annotate::AnnotateError),
+    #[error("cannot start the pipeline thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// Figures for `/api/status`.
@@ -99,6 +101,9 @@ pub struct PipelineStats {
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub input_codec: Option<String>,
+    /// The current source's picture size, before letterboxing into the output.
+    pub input_width: Option<u32>,
+    pub input_height: Option<u32>,
     pub decode_ms: f64,
     pub detect_ms: f64,
     pub encode_ms: f64,
@@ -115,11 +120,14 @@ pub struct PipelineStats {
     pub latency_ms_p99: f64,
 }
 
-/// The handle sources and status use. Cheap to clone.
+/// The handle the slot and status use. Cheap to clone.
 #[derive(Clone)]
 pub struct Pipeline {
     tx: mpsc::Sender<Message>,
     stats: Arc<Mutex<PipelineStats>>,
+    /// The thread, taken by [`Pipeline::stop`].
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Pipeline {
@@ -136,18 +144,34 @@ impl Pipeline {
         };
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let stats = Arc::new(Mutex::new(PipelineStats::default()));
-        let worker_stats = stats.clone();
-        std::thread::Builder::new()
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let recorder = Recorder::new(stats.clone());
+        let stop = stopping.clone();
+        let thread = std::thread::Builder::new()
             .name("pipeline".into())
+            // Built on the thread: FFmpeg's contexts are not `Send`.
             .spawn(move || {
-                if config.mode == Mode::Annotate {
-                    hub.source_started("pipeline");
-                }
-                let mut worker = Worker::new(hub, config, annotator, mirror, worker_stats);
-                worker.run(rx);
+                let worker = Worker {
+                    hub,
+                    config,
+                    annotator,
+                    mirror,
+                    source: None,
+                    timeline: Timeline::new(),
+                    scaler: Scaler::default(),
+                    output: None,
+                    last_encode: None,
+                    stats: recorder,
+                };
+                worker.run(rx, &stop)
             })
-            .expect("spawning the pipeline thread");
-        Ok(Pipeline { tx, stats })
+            .map_err(PipelineError::Thread)?;
+        Ok(Pipeline {
+            tx,
+            stats,
+            thread: Arc::new(Mutex::new(Some(thread))),
+            stopping,
+        })
     }
 
     /// Sends a message, waiting while the queue is full (backpressure on the source).
@@ -160,22 +184,68 @@ impl Pipeline {
     pub fn stats(&self) -> PipelineStats {
         self.stats.lock().expect("stats lock").clone()
     }
+
+    /// Stops the thread after the frame it is on (shutdown) and waits for it. Idempotent.
+    pub fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wake the thread if it is waiting for a message; a full queue wakes it anyway.
+        let _ = self.tx.try_send(Message::End {
+            reason: "the server is shutting down".into(),
+        });
+        let thread = self.thread.lock().expect("thread lock").take();
+        if let Some(thread) = thread {
+            if thread.join().is_err() {
+                tracing::error!("the pipeline thread panicked");
+            }
+        }
+    }
 }
 
-/// The source being processed.
-struct Source {
-    id: u64,
-    scale_ns: u64,
+/// What the pipeline knows of the source it is processing.
+struct Input {
     video_track: Option<u64>,
     audio_track: Option<u64>,
     audio: Option<AudioTrack>,
     decoder: Option<VideoDecoder>,
-    /// Added to source milliseconds to place them on the output timeline.
-    offset_ms: Option<i64>,
 }
 
-/// The running output: encoder and writer, kept across sources.
-struct Output {
+impl Input {
+    fn new() -> Self {
+        Input {
+            video_track: None,
+            audio_track: None,
+            audio: None,
+            decoder: None,
+        }
+    }
+
+    /// Takes the source's Tracks: opens its video decoder, finds the Opus track we pass on.
+    fn tracks(&mut self, tracks: &Tracks) {
+        self.video_track = tracks.video().map(|t| t.number);
+        let opus = tracks
+            .tracks
+            .iter()
+            .find(|t| t.kind == TrackKind::Audio && t.codec_id == "A_OPUS");
+        self.audio_track = opus.map(|t| t.number);
+        self.audio = opus.map(|t| AudioTrack {
+            codec_private: t.codec_private.clone(),
+            sample_rate: t.sample_rate.unwrap_or(48_000.0),
+            channels: t.channels.unwrap_or(2),
+        });
+        self.decoder = match tracks.video().map(VideoDecoder::new) {
+            Some(Ok(decoder)) => Some(decoder),
+            Some(Err(error)) => {
+                tracing::error!(%error, "cannot decode this source's video");
+                None
+            }
+            None => None,
+        };
+    }
+}
+
+/// The running VP8 output: encoder and writer, kept across sources.
+struct Encoding {
     encoder: Vp8Encoder,
     writer: LiveWriter,
 }
@@ -202,309 +272,34 @@ impl Rate {
     }
 }
 
-struct Worker {
-    hub: Hub,
-    config: PipelineConfig,
-    annotator: Option<Annotator>,
-    mirror: Option<Arc<HlsMirror>>,
-    reader: StreamReader,
-    source: Option<Source>,
-    output: Option<Output>,
-    converter: Converter,
-    last_out_ms: Option<i64>,
-    /// The mirror's picture size in mirror-only mode (fixed by the first picture).
-    mirror_size: Option<(u32, u32)>,
-    /// When the last frame went to the encoder (for the overload policy).
-    last_encode: Option<Instant>,
-    frame_gap_ms: i64,
-    decoded: Vec<ffmpeg_next::util::frame::Video>,
+/// The pipeline's figures as it works, published to the shared snapshot after each message.
+struct Recorder {
+    shared: Arc<Mutex<PipelineStats>>,
+    local: PipelineStats,
     latencies: VecDeque<f64>,
     rate_in: Rate,
     rate_out: Rate,
-    stats: Arc<Mutex<PipelineStats>>,
-    local: PipelineStats,
 }
 
-impl Worker {
-    fn new(
-        hub: Hub,
-        config: PipelineConfig,
-        annotator: Option<Annotator>,
-        mirror: Option<Arc<HlsMirror>>,
-        stats: Arc<Mutex<PipelineStats>>,
-    ) -> Self {
-        Worker {
-            hub,
-            config,
-            annotator,
-            mirror,
-            reader: StreamReader::new(),
-            source: None,
-            output: None,
-            converter: Converter::default(),
-            last_out_ms: None,
-            mirror_size: None,
-            last_encode: None,
-            frame_gap_ms: 33,
-            decoded: Vec::new(),
+impl Recorder {
+    fn new(shared: Arc<Mutex<PipelineStats>>) -> Self {
+        Recorder {
+            shared,
+            local: PipelineStats::default(),
             latencies: VecDeque::with_capacity(LATENCY_SAMPLES),
             rate_in: Rate::default(),
             rate_out: Rate::default(),
-            stats,
-            local: PipelineStats::default(),
         }
     }
 
-    fn run(&mut self, mut rx: mpsc::Receiver<Message>) {
-        while let Some(message) = rx.blocking_recv() {
-            match message {
-                Message::Start {
-                    source,
-                    name,
-                    presenter,
-                } => {
-                    tracing::info!(source = %name, "pipeline input started");
-                    self.source = Some(Source {
-                        id: source,
-                        scale_ns: 1_000_000,
-                        video_track: None,
-                        audio_track: None,
-                        audio: None,
-                        decoder: None,
-                        offset_ms: None,
-                    });
-                    self.local.input = Some(name);
-                    self.local.presenter_connected = presenter;
-                }
-                Message::Event {
-                    source,
-                    event,
-                    arrived,
-                } => {
-                    if self.source.as_ref().map(|s| s.id) == Some(source) {
-                        self.event(event, arrived);
-                    }
-                }
-                Message::End { source, reason } => {
-                    if self.source.as_ref().map(|s| s.id) == Some(source) {
-                        tracing::info!(reason, "pipeline input ended");
-                        self.source = None;
-                        self.local.input = None;
-                        self.local.presenter_connected = false;
-                    }
-                }
-            }
-            self.publish_stats();
-        }
-    }
-
-    fn event(&mut self, event: Event, arrived: Instant) {
-        let Some(source) = self.source.as_mut() else {
-            return;
-        };
-        match event {
-            // A looped file starts over at timestamp 0: place it after what was sent.
-            Event::Header { .. } => source.offset_ms = None,
-            Event::Info(info) => source.scale_ns = info.timestamp_scale,
-            Event::Tracks(tracks) => {
-                source.video_track = tracks.video().map(|t| t.number);
-                source.audio_track = tracks
-                    .tracks
-                    .iter()
-                    .find(|t| t.kind == TrackKind::Audio && t.codec_id == "A_OPUS")
-                    .map(|t| t.number);
-                source.audio = tracks
-                    .tracks
-                    .iter()
-                    .find(|t| Some(t.number) == source.audio_track)
-                    .map(|t| AudioTrack {
-                        codec_private: t.codec_private.clone(),
-                        sample_rate: t.sample_rate.unwrap_or(48_000.0),
-                        channels: t.channels.unwrap_or(2),
-                    });
-                source.decoder = match tracks.video().map(VideoDecoder::new) {
-                    Some(Ok(decoder)) => Some(decoder),
-                    Some(Err(error)) => {
-                        tracing::error!(%error, "cannot decode this source's video");
-                        None
-                    }
-                    None => None,
-                };
-                self.local.input_codec = tracks.video().map(|t| t.codec_id.clone());
-                self.update_audio_track();
-            }
-            Event::Block(block) => {
-                let ms = (block.timecode as i128 * source.scale_ns as i128 / 1_000_000) as i64;
-                let offset = *source.offset_ms.get_or_insert_with(|| {
-                    // A new source continues the output timeline one frame after the last.
-                    let start = self.last_out_ms.map_or(0, |last| last + self.frame_gap_ms);
-                    start - ms
-                });
-                let out_ms = ms + offset;
-                if Some(block.track) == source.video_track {
-                    self.video(&block.frame(), out_ms, arrived);
-                } else if Some(block.track) == source.audio_track {
-                    let bytes = self
-                        .output
-                        .as_mut()
-                        .map(|output| output.writer.audio(out_ms, block.frame()));
-                    if let Some(bytes) = bytes {
-                        self.emit(&bytes);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Starts a new writer (and init segment) if the audio track appeared or went away.
-    fn update_audio_track(&mut self) {
-        let audio = self.source.as_ref().and_then(|s| s.audio.clone());
-        let Some(output) = self.output.as_mut() else {
-            return;
-        };
-        if output.writer.tracks().audio != audio {
-            let mut tracks = output.writer.tracks().clone();
-            tracks.audio = audio;
-            output.writer = LiveWriter::new(tracks);
-            let header = output.writer.header();
-            self.emit(&header);
-        }
-    }
-
-    fn video(&mut self, data: &[u8], out_ms: i64, arrived: Instant) {
-        let Some(source) = self.source.as_mut() else {
-            return;
-        };
-        let Some(decoder) = source.decoder.as_mut() else {
-            return;
-        };
-        let source_id = source.id;
-        let started = Instant::now();
-        let mut decoded = std::mem::take(&mut self.decoded);
-        if let Err(error) = decoder.decode(data, out_ms, &mut decoded) {
-            self.local.decode_errors += 1;
-            tracing::debug!(%error, "frame did not decode");
-        }
-        self.local.decode_ms = annotate::smooth(
-            self.local.decode_ms,
-            started.elapsed().as_secs_f64() * 1000.0,
-        );
-        for frame in decoded.drain(..) {
-            let pts = frame.pts().unwrap_or(out_ms);
-            self.frame(&frame, pts, arrived, source_id);
-        }
-        self.decoded = decoded;
-    }
-
-    fn frame(
-        &mut self,
-        frame: &ffmpeg_next::util::frame::Video,
-        pts: i64,
-        arrived: Instant,
-        source_id: u64,
-    ) {
+    fn frame_in(&mut self) {
         self.local.frames_in += 1;
         self.rate_in.tick();
-        let late = arrived.elapsed() > self.config.max_lag;
-        let starving = self
-            .last_encode
-            .is_none_or(|at| at.elapsed() >= MAX_ENCODE_GAP);
-        if late && !starving {
-            self.local.frames_dropped += 1;
-            return;
-        }
-        self.last_encode = Some(Instant::now());
-        if self.config.mode == Mode::MirrorOnly {
-            self.mirror_only(frame, pts, arrived);
-            return;
-        }
-        if self.output.is_none() && !self.open_output(frame.width(), frame.height()) {
-            return;
-        }
-        let output = self.output.as_mut().expect("output is open");
-        let (width, height) = output.encoder.size();
-        let mut picture = match self.converter.convert(frame, width, height) {
-            Ok(picture) => picture,
-            Err(error) => {
-                self.local.decode_errors += 1;
-                tracing::warn!(%error, "could not convert a decoded picture");
-                return;
-            }
-        };
-        if let Some(annotator) = &self.annotator {
-            annotator.offer(picture.data(0), picture.stride(0), width, height, source_id);
-            let faces = annotator.current_faces(source_id);
-            annotate::draw_faces(&mut picture, &faces);
-        }
-
-        // Timestamps into the encoder must rise strictly.
-        let pts = self.last_out_ms.map_or(pts, |last| pts.max(last + 1));
-        if let Some(last) = self.last_out_ms {
-            let gap = pts - last;
-            if (1..1000).contains(&gap) {
-                self.frame_gap_ms = gap;
-            }
-        }
-        self.last_out_ms = Some(pts);
-        // The HLS mirror gets the same annotated picture (it copies; it never blocks us).
-        if let Some(mirror) = &self.mirror {
-            mirror.offer(&picture, pts);
-        }
-        let started = Instant::now();
-        let encoded = match output.encoder.encode(&mut picture, pts) {
-            Ok(encoded) => encoded,
-            Err(error) => {
-                tracing::error!(%error, "VP8 encode failed");
-                return;
-            }
-        };
-        self.local.encode_ms = annotate::smooth(
-            self.local.encode_ms,
-            started.elapsed().as_secs_f64() * 1000.0,
-        );
-        let written: Vec<_> = encoded
-            .iter()
-            .map(|packet| {
-                output
-                    .writer
-                    .video(packet.pts_ms, packet.keyframe, &packet.data)
-            })
-            .collect();
-        for bytes in written {
-            self.emit(&bytes);
-            self.local.frames_out += 1;
-            self.rate_out.tick();
-        }
-        self.record_latency(arrived);
     }
 
-    /// `--passthrough`: viewers get the source's own WebM; the mirror still needs pictures.
-    fn mirror_only(&mut self, frame: &ffmpeg_next::util::frame::Video, pts: i64, arrived: Instant) {
-        let Some(mirror) = self.mirror.clone() else {
-            return;
-        };
-        // The first picture fixes the mirror's size, as the encoder's does in annotate mode.
-        let (width, height) = *self
-            .mirror_size
-            .get_or_insert((frame.width() & !1, frame.height() & !1));
-        match self.converter.convert(frame, width, height) {
-            Ok(picture) => {
-                let pts = self.last_out_ms.map_or(pts, |last| pts.max(last + 1));
-                self.last_out_ms = Some(pts);
-                mirror.offer(&picture, pts);
-                self.local.frames_out += 1;
-                self.rate_out.tick();
-                self.record_latency(arrived);
-            }
-            Err(error) => {
-                self.local.decode_errors += 1;
-                tracing::warn!(%error, "could not convert a decoded picture");
-            }
-        }
-    }
-
-    fn record_latency(&mut self, arrived: Instant) {
+    fn frame_out(&mut self, arrived: Instant) {
+        self.local.frames_out += 1;
+        self.rate_out.tick();
         if self.latencies.len() == LATENCY_SAMPLES {
             self.latencies.pop_front();
         }
@@ -512,61 +307,8 @@ impl Worker {
             .push_back(arrived.elapsed().as_secs_f64() * 1000.0);
     }
 
-    /// Opens the encoder and writer at the first picture's size (kept for the server's life).
-    fn open_output(&mut self, width: u32, height: u32) -> bool {
-        // VP8 and YUV420P want even dimensions.
-        let (width, height) = (width & !1, height & !1);
-        match Vp8Encoder::new(
-            width,
-            height,
-            self.config.bitrate,
-            self.config.keyframe_interval,
-        ) {
-            Ok(encoder) => {
-                let audio = self.source.as_ref().and_then(|s| s.audio.clone());
-                let writer = LiveWriter::new(OutputTracks {
-                    width,
-                    height,
-                    audio,
-                });
-                let header = writer.header();
-                self.output = Some(Output { encoder, writer });
-                self.emit(&header);
-                self.local.width = Some(width);
-                self.local.height = Some(height);
-                tracing::info!(width, height, "output opened");
-                true
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot open the VP8 encoder");
-                false
-            }
-        }
-    }
-
-    /// Our own writer's bytes go through our own reader into the hub, exactly as a WebM
-    /// source's bytes would: one path for every stream viewers see.
-    fn emit(&mut self, bytes: &[u8]) {
-        if bytes.is_empty() {
-            return;
-        }
-        self.reader.push(bytes);
-        loop {
-            match self.reader.next_event() {
-                Ok(Some(event)) => self.hub.push(event),
-                Ok(None) => break,
-                Err(error) => {
-                    // Our own writer produced something our reader refuses: a bug; start over.
-                    tracing::error!(%error, "internal WebM error; resetting the reader");
-                    self.reader = StreamReader::new();
-                    break;
-                }
-            }
-        }
-    }
-
-    fn publish_stats(&mut self) {
-        if let Some(annotator) = &self.annotator {
+    fn publish(&mut self, annotator: Option<&Annotator>) {
+        if let Some(annotator) = annotator {
             let detect = annotator.stats();
             self.local.detect_ms = detect.detect_ms;
             self.local.faces_last = detect.faces_last;
@@ -581,12 +323,215 @@ impl Worker {
             self.local.latency_ms_p50 = at(0.5);
             self.local.latency_ms_p99 = at(0.99);
         }
-        *self.stats.lock().expect("stats lock") = self.local.clone();
+        *self.shared.lock().expect("stats lock") = self.local.clone();
     }
 }
 
-/// Under overload, a frame is encoded at least this often however late it is.
-const MAX_ENCODE_GAP: Duration = Duration::from_millis(200);
+struct Worker {
+    hub: Hub,
+    config: PipelineConfig,
+    annotator: Option<Annotator>,
+    mirror: Option<Arc<HlsMirror>>,
+    /// The source being processed, between its `Start` and `End`.
+    source: Option<Input>,
+    /// Source times to output times, continuous across sources.
+    timeline: Timeline,
+    scaler: Scaler,
+    /// The output, opened at the first picture's size (annotate mode: VP8; mirror-only: the
+    /// size alone).
+    output: Option<(u32, u32, Option<Encoding>)>,
+    /// When the last frame went to the encoder (for the overload policy).
+    last_encode: Option<Instant>,
+    stats: Recorder,
+}
 
-/// Latency samples kept for the p50/p99 shown in status.
-const LATENCY_SAMPLES: usize = 300;
+impl Worker {
+    fn run(mut self, mut rx: mpsc::Receiver<Message>, stopping: &std::sync::atomic::AtomicBool) {
+        while let Some(message) = rx.blocking_recv() {
+            if stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            match message {
+                Message::Start { name, presenter } => {
+                    tracing::info!(source = %name, "pipeline input started");
+                    self.source = Some(Input::new());
+                    self.timeline.restart();
+                    if let Some(annotator) = &self.annotator {
+                        // Boxes found on the last source's pictures must not land on these.
+                        annotator.new_source();
+                    }
+                    self.stats.local.input = Some(name);
+                    self.stats.local.presenter_connected = presenter;
+                }
+                Message::Event { event, arrived } => self.event(event, arrived),
+                Message::End { reason } => {
+                    if self.source.take().is_some() {
+                        tracing::info!(reason, "pipeline input ended");
+                    }
+                    self.stats.local.input = None;
+                    self.stats.local.presenter_connected = false;
+                }
+            }
+            self.stats.publish(self.annotator.as_ref());
+        }
+        tracing::debug!("pipeline thread stopped");
+    }
+
+    fn event(&mut self, event: Event, arrived: Instant) {
+        let Some(source) = self.source.as_mut() else {
+            return;
+        };
+        match event {
+            // A new stream in the same source (a looped file) starts its timestamps over.
+            Event::Header { .. } => self.timeline.restart(),
+            Event::Tracks(tracks) => {
+                source.tracks(&tracks);
+                self.stats.local.input_codec = tracks.video().map(|t| t.codec_id.clone());
+                self.update_audio_track();
+            }
+            Event::Block(block) => {
+                if Some(block.track) == source.video_track {
+                    let time = self.timeline.place(VIDEO_TRACK, block.time);
+                    self.video(&block.frame(), time, arrived);
+                } else if Some(block.track) == source.audio_track {
+                    let time = self.timeline.place(AUDIO_TRACK, block.time);
+                    if let Some((_, _, Some(encoding))) = self.output.as_mut() {
+                        let mut out = Vec::new();
+                        encoding.writer.audio(time, block.frame(), &mut out);
+                        self.hub.publish(out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts a new writer (and init segment) if the audio track appeared or went away.
+    fn update_audio_track(&mut self) {
+        let audio = self.source.as_ref().and_then(|s| s.audio.clone());
+        let Some((_, _, Some(encoding))) = self.output.as_mut() else {
+            return;
+        };
+        if encoding.writer.tracks().audio != audio {
+            let mut tracks = encoding.writer.tracks().clone();
+            tracks.audio = audio;
+            encoding.writer = LiveWriter::new(tracks);
+            self.hub.publish([encoding.writer.init()]);
+        }
+    }
+
+    fn video(&mut self, data: &[u8], time: MediaTime, arrived: Instant) {
+        let Some(decoder) = self.source.as_mut().and_then(|s| s.decoder.as_mut()) else {
+            return;
+        };
+        let started = Instant::now();
+        let mut decoded = Vec::new();
+        if let Err(error) = decoder.decode(data, time, &mut decoded) {
+            self.stats.local.decode_errors += 1;
+            tracing::debug!(%error, "frame did not decode");
+        }
+        self.stats.local.decode_ms = annotate::smooth(
+            self.stats.local.decode_ms,
+            started.elapsed().as_secs_f64() * 1000.0,
+        );
+        for frame in decoded {
+            let time = frame.pts().map_or(time, MediaTime::from_nanos);
+            self.frame(&frame, time, arrived);
+        }
+    }
+
+    fn frame(&mut self, frame: &VideoFrame, time: MediaTime, arrived: Instant) {
+        self.stats.frame_in();
+        self.stats.local.input_width = Some(frame.width());
+        self.stats.local.input_height = Some(frame.height());
+        let late = arrived.elapsed() > self.config.max_lag;
+        let starving = self
+            .last_encode
+            .is_none_or(|at| at.elapsed() >= MAX_ENCODE_GAP);
+        if late && !starving {
+            self.stats.local.frames_dropped += 1;
+            return;
+        }
+        self.last_encode = Some(Instant::now());
+        if self.output.is_none() && !self.open_output(frame.width(), frame.height()) {
+            return;
+        }
+        let (width, height, _) = self.output.as_ref().expect("output is open");
+        let (width, height) = (*width, *height);
+        let mut picture = match self.scaler.picture(frame, width, height) {
+            Ok(picture) => picture,
+            Err(error) => {
+                self.stats.local.decode_errors += 1;
+                tracing::warn!(%error, "could not convert a decoded picture");
+                return;
+            }
+        };
+        if let Some(annotator) = &self.annotator {
+            // Detection sees exactly the picture the boxes are drawn on.
+            annotator.offer(picture.data(0), picture.stride(0), width, height);
+            annotate::draw_faces(&mut picture, &annotator.current_faces());
+        }
+        // The HLS mirror gets the same annotated picture (it copies; it never blocks us).
+        if let Some(mirror) = &self.mirror {
+            mirror.offer(&picture, time);
+        }
+        let Some((_, _, Some(encoding))) = self.output.as_mut() else {
+            self.stats.frame_out(arrived);
+            return;
+        };
+        let started = Instant::now();
+        let mut out = Vec::new();
+        let writer = &mut encoding.writer;
+        let encoded = encoding
+            .encoder
+            .encode(&mut picture, time, |at, keyframe, bytes| {
+                writer.video(at, keyframe, bytes, &mut out);
+            });
+        if let Err(error) = encoded {
+            tracing::error!(%error, "VP8 encode failed");
+            return;
+        }
+        self.stats.local.encode_ms = annotate::smooth(
+            self.stats.local.encode_ms,
+            started.elapsed().as_secs_f64() * 1000.0,
+        );
+        self.hub.publish(out);
+        self.stats.frame_out(arrived);
+    }
+
+    /// Fixes the output size at the first picture's (kept for the server's life) and, in
+    /// annotate mode, opens the encoder and writer.
+    fn open_output(&mut self, width: u32, height: u32) -> bool {
+        // VP8, H.264 and YUV420P want even dimensions.
+        let (width, height) = ((width & !1).max(2), (height & !1).max(2));
+        let encoding = match self.config.mode {
+            Mode::MirrorOnly => None,
+            Mode::Annotate => match Vp8Encoder::new(
+                width,
+                height,
+                self.config.bitrate,
+                self.config.keyframe_interval,
+            ) {
+                Ok(encoder) => {
+                    let audio = self.source.as_ref().and_then(|s| s.audio.clone());
+                    let writer = LiveWriter::new(OutputTracks {
+                        width,
+                        height,
+                        audio,
+                    });
+                    self.hub.publish([writer.init()]);
+                    Some(Encoding { encoder, writer })
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot open the VP8 encoder");
+                    return false;
+                }
+            },
+        };
+        self.output = Some((width, height, encoding));
+        self.stats.local.width = Some(width);
+        self.stats.local.height = Some(height);
+        tracing::info!(width, height, "output opened");
+        true
+    }
+}

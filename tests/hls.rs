@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use ffmpeg_next::format::Pixel;
 use ffmpeg_next::util::frame::Video as VideoFrame;
+use lenscast::clock::MediaTime;
 use lenscast::hls::{HlsConfig, HlsMirror, HlsStatus};
 use warp::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 
@@ -43,8 +44,8 @@ fn picture(width: u32, height: u32, index: i64) -> VideoFrame {
 }
 
 /// The output timestamp of frame `index`, starting well away from 0 like a real pipeline.
-fn pts(index: i64) -> i64 {
-    5_000 + index * 1000 / FPS
+fn pts(index: i64) -> MediaTime {
+    MediaTime::from_millis(5_000 + index * 1000 / FPS)
 }
 
 fn wait_for(mirror: &HlsMirror, what: &str, done: impl Fn(&HlsStatus) -> bool) -> HlsStatus {

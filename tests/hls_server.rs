@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use lenscast::ingest::Input;
+use lenscast::source::Input;
 
 /// (media sequence, [(EXTINF seconds, uri)], target duration) of a live playlist.
 fn parse_playlist(text: &str) -> (u64, Vec<(f64, String)>, u64) {

@@ -59,7 +59,7 @@ fn seen(events: &[Event]) -> Vec<Seen> {
     events
         .iter()
         .filter_map(|e| match e {
-            Event::ClusterStart { timecode } => Some(Seen::Cluster(*timecode)),
+            Event::ClusterStart { timecode, .. } => Some(Seen::Cluster(*timecode)),
             Event::Block(b) => Some(Seen::Block {
                 track: b.track,
                 timecode: b.timecode,

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::FutureExt;
-use lenscast::broadcast::{ChunkKind, Hub};
 use lenscast::http::HttpConfig;
-use lenscast::ingest::{self, Feeder, Input, Sink, Target};
-use lenscast::webm::{Event, StreamReader};
+use lenscast::hub::{Chunk, ChunkKind, Hub, Viewer};
+use lenscast::source::{self, Feeder, Input, Slot, SourceKind, Target};
+use lenscast::webm::{Event, LiveMuxer, StreamReader};
 use tokio_tungstenite::tungstenite;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +67,7 @@ async fn file_loop_keeps_timestamps_moving_forward() {
     reader.push(&received.bytes);
     let mut timecodes = Vec::new();
     while let Some(event) = reader.next_event().unwrap() {
-        if let Event::ClusterStart { timecode } = event {
+        if let Event::ClusterStart { timecode, .. } = event {
             timecodes.push(timecode);
         }
     }
@@ -167,20 +167,19 @@ async fn garbage_on_stdin_ends_the_source_not_the_server() {
     assert_eq!(code, 200);
 }
 
-/// Feeds a whole file's events into the hub as one source, unpaced.
-async fn feed(hub: &Hub, name: &str, path: &str) {
+/// Feeds a whole file's events through the slot (passthrough) as one source, unpaced.
+async fn feed(slot: &Slot, name: &str, path: &str) {
     let bytes = std::fs::read(fixture_path(path)).unwrap();
-    let sink = Sink::new(Target::Hub(hub.clone()));
-    let id = sink.begin(name, false).await;
-    let mut feeder = Feeder::new(name, sink.clone(), id, None, false);
-    ingest::read_all(name, bytes.as_slice(), &mut feeder)
+    let guard = slot.claim(name, SourceKind::Input, false).await.unwrap();
+    let mut feeder = Feeder::new(guard, false, None, false);
+    source::read_all(bytes.as_slice(), &mut feeder)
         .await
         .unwrap();
-    sink.end(id, "end of stream", false).await;
+    feeder.end("end of stream").await;
 }
 
 /// Takes every chunk a viewer has ready without waiting.
-fn drain(viewer: &mut lenscast::broadcast::Viewer) -> Vec<lenscast::broadcast::Chunk> {
+fn drain(viewer: &mut Viewer) -> Vec<Chunk> {
     let mut chunks = Vec::new();
     // `unconstrained`: tokio's coop budget would otherwise report Pending after ~128 receives.
     while let Some(Ok(chunk)) = tokio::task::unconstrained(viewer.next()).now_or_never() {
@@ -189,7 +188,7 @@ fn drain(viewer: &mut lenscast::broadcast::Viewer) -> Vec<lenscast::broadcast::C
     chunks
 }
 
-fn concat(chunks: &[lenscast::broadcast::Chunk]) -> Vec<u8> {
+fn concat(chunks: &[Chunk]) -> Vec<u8> {
     chunks
         .iter()
         .flat_map(|c| c.bytes.iter().copied())
@@ -199,10 +198,11 @@ fn concat(chunks: &[lenscast::broadcast::Chunk]) -> Vec<u8> {
 #[tokio::test]
 async fn a_restarted_source_continues_the_same_timeline() {
     let hub = Hub::new(100_000);
+    let slot = Slot::new(Target::remux(hub.clone()), None);
     let mut viewer = hub.subscribe();
     // Two separate stdin-like sources, one after the other, both starting at timestamp 0.
-    feed(&hub, "stdin", "vp8.webm").await;
-    feed(&hub, "stdin", "vp8.webm").await;
+    feed(&slot, "stdin", "vp8.webm").await;
+    feed(&slot, "stdin", "vp8.webm").await;
     let chunks = drain(&mut viewer);
     let inits = chunks
         .iter()
@@ -226,10 +226,12 @@ async fn a_slow_viewer_resyncs_at_a_keyframe_cluster_and_others_lose_nothing() {
     let mut slow_chunks = Vec::new();
     let mut reader = StreamReader::new();
     reader.push(&bytes);
-    hub.source_started("test");
+    let mut muxer = LiveMuxer::new();
     let mut pushed = 0;
     while let Some(event) = reader.next_event().unwrap() {
-        hub.push(event);
+        let mut out = Vec::new();
+        muxer.push(event, &mut out);
+        hub.publish(out);
         pushed += 1;
         fast_chunks.extend(drain(&mut fast));
         // The slow viewer reads only now and then, far less often than the channel turns over.

@@ -33,7 +33,8 @@ use std::time::{Duration, Instant, SystemTime};
 use ffmpeg::util::frame::Video as VideoFrame;
 use ffmpeg_next as ffmpeg;
 
-use crate::decode::DecodeError;
+use crate::clock::MediaTime;
+use crate::media::decode::DecodeError;
 use playlist::Playlist;
 use run_dir::RunDir;
 use segmenter::{Segmenter, SegmenterConfig};
@@ -44,14 +45,6 @@ pub const PLAYLIST_NAME: &str = "live.m3u8";
 /// Pictures waiting for the encoder; more are dropped. A few frames absorb jitter, and a
 /// short queue keeps the mirror near the live edge when it cannot keep up.
 const QUEUE: usize = 8;
-
-/// A picture that arrives this far (ms) before the previous one starts a new timeline instead
-/// of being dropped as out of order (see `Worker::timestamp`).
-const TIMELINE_RESET_MS: i64 = 1000;
-
-/// Where a new timeline's first picture is placed after the old timeline's last: one frame
-/// at 30 fps.
-const REJOIN_GAP_MS: i64 = 33;
 
 /// The file name of segment `sequence`.
 pub fn segment_name(sequence: u64) -> String {
@@ -175,7 +168,7 @@ struct Shared {
 /// A picture waiting for the encoder.
 struct Offer {
     picture: VideoFrame,
-    pts_ms: i64,
+    time: MediaTime,
     at: SystemTime,
 }
 
@@ -194,7 +187,7 @@ impl HlsMirror {
     /// Creates a fresh run directory (`<parent>/lenscast-hls-<pid>-<random>`) and starts the
     /// encoder thread. Fails at once if FFmpeg has no libx264 or the directory cannot be made.
     pub fn start(config: HlsConfig) -> Result<Self, HlsError> {
-        crate::decode::init();
+        crate::media::decode::init();
         ffmpeg::encoder::find_by_name("libx264").ok_or(HlsError::NoEncoder)?;
         let segment = config.segment.max(Duration::from_millis(100));
         let parent = config.parent_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -237,16 +230,17 @@ impl HlsMirror {
         })
     }
 
-    /// Offers one annotated picture with its output timestamp in ms (increasing). Never
-    /// blocks: the picture is copied into the queue, or dropped and counted if it is full.
-    pub fn offer(&self, picture: &VideoFrame, pts_ms: i64) {
+    /// Offers one annotated picture with its time on the output timeline (which only moves
+    /// forward). Never blocks: the picture is copied into the queue, or dropped and counted
+    /// if it is full.
+    pub fn offer(&self, picture: &VideoFrame, time: MediaTime) {
         if picture.width() == 0 || picture.height() == 0 {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let offer = Offer {
             picture: picture.clone(),
-            pts_ms,
+            time,
             at: SystemTime::now(),
         };
         let queue = self.queue.lock().expect("hls queue lock");
@@ -350,7 +344,7 @@ impl Worker {
     }
 
     fn handle(&mut self, offer: Offer) {
-        let Some(ts) = self.timestamp(offer.pts_ms, offer.at) else {
+        let Some(ts) = self.timestamp(offer.time, offer.at) else {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
@@ -420,31 +414,17 @@ impl Worker {
     }
 
     /// The picture's timestamp on the mirror's timeline (ms since the first picture), or `None`
-    /// to drop it. A slightly early picture is dropped (the encoder and muxer need strictly
-    /// increasing timestamps); one far in the past means the caller started a new timeline,
-    /// which is joined so that it continues ours one frame later.
-    fn timestamp(&mut self, pts_ms: i64, at: SystemTime) -> Option<i64> {
+    /// to drop it. The output timeline only moves forward (see [`crate::clock::Timeline`]);
+    /// a picture in the same millisecond as the last is dropped, because the encoder and the
+    /// muxer need strictly increasing timestamps.
+    fn timestamp(&mut self, time: MediaTime, at: SystemTime) -> Option<i64> {
+        let pts_ms = time.as_millis();
         let (anchor_pts, _) = *self.anchor.get_or_insert((pts_ms, at));
         let ts = pts_ms - anchor_pts;
-        let Some(last) = self.last_ts else {
-            return Some(ts);
-        };
-        if ts > last {
-            return Some(ts);
+        match self.last_ts {
+            Some(last) if ts <= last => None,
+            _ => Some(ts),
         }
-        if last - ts < TIMELINE_RESET_MS {
-            return None;
-        }
-        let joined = last + REJOIN_GAP_MS;
-        tracing::warn!(
-            last,
-            ts,
-            "HLS input timestamps went back; continuing the timeline"
-        );
-        if let Some((anchor, _)) = self.anchor.as_mut() {
-            *anchor = pts_ms - joined;
-        }
-        Some(joined)
     }
 
     /// Logs an error once per distinct message (a missing encoder would otherwise log at the

@@ -28,7 +28,7 @@ use ffmpeg::{codec, Packet, Rational};
 use ffmpeg_next as ffmpeg;
 
 use super::HlsError;
-use crate::decode::Converter;
+use crate::media::scale::Scaler;
 
 /// Encoder timestamps are milliseconds.
 const TIME_BASE: Rational = Rational(1, 1000);
@@ -60,7 +60,7 @@ pub struct Segmenter {
     config: SegmenterConfig,
     segment_ms: i64,
     encoder: Option<H264>,
-    converter: Converter,
+    scaler: Scaler,
     /// Where the last forced keyframe was (the picture-side half of the cut rule).
     forced_at: Option<i64>,
     open: Option<OpenSegment>,
@@ -76,7 +76,7 @@ impl Segmenter {
             segment_ms: (config.segment.as_millis() as i64).max(1),
             config,
             encoder: None,
-            converter: Converter::default(),
+            scaler: Scaler::default(),
             forced_at: None,
             open: None,
             held: None,
@@ -109,8 +109,9 @@ impl Segmenter {
         {
             picture
         } else {
-            self.converter
-                .convert(&picture, encoder.width, encoder.height)?
+            // Another size than the first picture's: kept in shape, letterboxed.
+            self.scaler
+                .picture(&picture, encoder.width, encoder.height)?
         };
         let boundary = self
             .forced_at
@@ -216,7 +217,7 @@ struct H264 {
 
 impl H264 {
     fn open(width: u32, height: u32, config: &SegmenterConfig) -> Result<Self, HlsError> {
-        crate::decode::init();
+        crate::media::decode::init();
         let codec = ffmpeg::encoder::find_by_name("libx264").ok_or(HlsError::NoEncoder)?;
         let mut context = codec::Context::new_with_codec(codec);
         // One thread: this is a second encoder beside the pipeline's, and on our two cores

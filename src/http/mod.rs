@@ -10,15 +10,14 @@ pub mod publish;
 mod view;
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use warp::Filter;
 
-use crate::broadcast::Hub;
-use crate::ingest::Sink;
+use crate::hub::Hub;
+use crate::source::Slot;
 use publish::{PublishQuery, Publishing};
 
 /// Errors of the HTTP layer.
@@ -42,6 +41,8 @@ pub struct HttpConfig {
     pub allowed_origins: Vec<String>,
     /// A viewer whose socket accepts nothing for this long is disconnected.
     pub viewer_send_timeout: Duration,
+    /// A presenter that sends no media for this long is ended, and the input resumes.
+    pub presenter_idle: Duration,
 }
 
 impl Default for HttpConfig {
@@ -49,6 +50,7 @@ impl Default for HttpConfig {
         HttpConfig {
             allowed_origins: Vec::new(),
             viewer_send_timeout: Duration::from_secs(10),
+            presenter_idle: Duration::from_secs(5),
         }
     }
 }
@@ -57,8 +59,9 @@ impl Default for HttpConfig {
 #[derive(Clone)]
 pub struct App {
     pub hub: Hub,
-    /// Where presenters' uploads go (the pipeline, or the hub in passthrough mode).
-    pub sink: Sink,
+    /// The source slot presenters claim (delivering to the pipeline, or the remuxer in
+    /// passthrough mode).
+    pub slot: Slot,
     pub publishing: Arc<Publishing>,
     /// The HLS mirror, unless `--no-hls`.
     pub hls: Option<Arc<crate::hls::HlsMirror>>,
@@ -68,14 +71,22 @@ pub struct App {
 impl App {
     /// The JSON for `/api/status`: the hub's figures, the pipeline's and the HLS mirror's.
     pub fn status(&self) -> serde_json::Value {
-        let mut status = serde_json::to_value(self.hub.status()).expect("status serializes");
-        let mode = if self.sink.annotates() {
+        let hub = self.hub.status();
+        let mut source =
+            serde_json::to_value(self.slot.status()).expect("source status serializes");
+        source["stream"] = serde_json::to_value(&hub.stream).expect("stream info serializes");
+        let mut status = serde_json::to_value(hub).expect("status serializes");
+        if let Some(fields) = status.as_object_mut() {
+            fields.remove("stream");
+        }
+        status["source"] = source;
+        let mode = if self.slot.annotates() {
             "annotate"
         } else {
             "passthrough"
         };
         status["mode"] = mode.into();
-        let pipeline = self.sink.pipeline().map(|p| p.stats());
+        let pipeline = self.slot.pipeline().map(|p| p.stats());
         status["pipeline"] = serde_json::to_value(pipeline).expect("stats serialize");
         let hls = self.hls.as_ref().map(|h| h.status());
         status["hls"] = serde_json::to_value(hls).expect("stats serialize");
@@ -149,9 +160,8 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = In
                  app: App,
                  remote: Option<SocketAddr>| {
                     // Refuse before the upgrade, so a browser sees a real 401/409.
-                    if let Err(refusal) = app
-                        .publishing
-                        .precheck(query.token.as_deref(), query.takeover)
+                    if let Err(refusal) =
+                        publish::precheck(&app, query.token.as_deref(), query.takeover)
                     {
                         tracing::warn!(?remote, ?refusal, "WebSocket publish refused");
                         return warp::Reply::into_response(refusal.reply());
@@ -176,9 +186,8 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = In
         .and(warp::body::stream())
         .then(
             |query: PublishQuery, app: App, remote: Option<SocketAddr>, body| async move {
-                if let Err(refusal) = app
-                    .publishing
-                    .precheck(query.token.as_deref(), query.takeover)
+                if let Err(refusal) =
+                    publish::precheck(&app, query.token.as_deref(), query.takeover)
                 {
                     tracing::warn!(?remote, ?refusal, "HTTP publish refused");
                     return warp::Reply::into_response(refusal.reply());
@@ -206,20 +215,6 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = In
         .or(index)
         .or(page)
         .recover(origin::recover)
-}
-
-/// Serves `routes` on an already bound listener until `shutdown` completes.
-/// Tests bind `127.0.0.1:0` and read the port from the listener.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: App,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
-    warp::serve(routes(app))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
 }
 
 /// Binds `addr`, with an error that names it.

@@ -6,77 +6,56 @@
 //! - one presenter at a time: while one is live, another gets `409` unless it asks to take
 //!   over with `takeover=1`, which ends the current presenter's connection with a reason.
 //!
-//! Either way the upload is one continuous WebM byte stream, cut anywhere (MediaRecorder's
-//! first chunk can be a single byte), fed through the same [`Feeder`] as every source.
+//! Both transports run one handler body, [`present`]: the upload is one continuous WebM byte
+//! stream, cut anywhere (MediaRecorder's first chunk can be a single byte), fed through a
+//! [`Feeder`]. The body returns a typed [`Outcome`], which each transport maps to its own
+//! answer: a WebSocket close code, or an HTTP status.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::time::Duration;
 
-use bytes::Buf;
+use bytes::{Buf, Bytes};
 use futures_util::{SinkExt, Stream, StreamExt};
-use tokio::sync::watch;
 use warp::http::StatusCode;
 use warp::ws::{Message, WebSocket};
 
 use super::App;
-use crate::ingest::{wait_until, Feeder, IngestError};
+use crate::source::{ClaimError, EndReason, Feeder, IngestError, SourceKind};
 
-/// The publish token and the presenter slot.
+/// The publish token.
 #[derive(Debug)]
 pub struct Publishing {
     token: String,
-    /// The live presenter's lease number and the switch that tells it to stop.
-    live: Mutex<Option<(u64, watch::Sender<bool>)>>,
-    next_lease: std::sync::atomic::AtomicU64,
 }
-
-/// A presenter's claim on the slot; releases it when dropped.
-pub struct Lease<'a> {
-    publishing: &'a Publishing,
-    number: u64,
-    /// Becomes true when another presenter takes over.
-    pub kicked: watch::Receiver<bool>,
-}
-
-impl Drop for Lease<'_> {
-    fn drop(&mut self) {
-        let mut live = self.publishing.live.lock().expect("presenter lock");
-        if live.as_ref().is_some_and(|(n, _)| *n == self.number) {
-            *live = None;
-        }
-    }
-}
-
-const BUSY: &str = "a presenter is already live; add takeover=1 to the URL to replace them\n";
 
 /// Why a presenter was turned away before publishing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     BadToken,
-    Busy,
+    Claim(ClaimError),
 }
 
 impl Refusal {
     /// The HTTP answer for this refusal.
-    pub fn reply(self) -> warp::reply::WithStatus<&'static str> {
-        match self {
-            Refusal::BadToken => warp::reply::with_status(
-                "missing or wrong publish token (see the presenter URL printed at start)\n",
+    pub fn reply(self) -> warp::reply::WithStatus<String> {
+        let (text, status) = match self {
+            Refusal::BadToken => (
+                "missing or wrong publish token (see the presenter URL printed at start)".into(),
                 StatusCode::UNAUTHORIZED,
             ),
-            Refusal::Busy => warp::reply::with_status(BUSY, StatusCode::CONFLICT),
-        }
+            Refusal::Claim(error @ ClaimError::Busy) => (error.to_string(), StatusCode::CONFLICT),
+            Refusal::Claim(error @ ClaimError::Closed) => {
+                (error.to_string(), StatusCode::SERVICE_UNAVAILABLE)
+            }
+        };
+        warp::reply::with_status(format!("{text}\n"), status)
     }
 }
 
 impl Publishing {
     /// Publishing guarded by `token`.
     pub fn new(token: String) -> Self {
-        Publishing {
-            token,
-            live: Mutex::new(None),
-            next_lease: std::sync::atomic::AtomicU64::new(1),
-        }
+        Publishing { token }
     }
 
     /// Checks the token in constant time (no early exit that would leak a matching prefix).
@@ -87,74 +66,16 @@ impl Publishing {
         let (a, b) = (given.as_bytes(), self.token.as_bytes());
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
-
-    /// Checks whether a presenter could start now (for refusing before an upgrade).
-    pub fn precheck(&self, token: Option<&str>, takeover: bool) -> Result<(), Refusal> {
-        if !self.token_ok(token) {
-            return Err(Refusal::BadToken);
-        }
-        if !takeover && self.live.lock().expect("presenter lock").is_some() {
-            return Err(Refusal::Busy);
-        }
-        Ok(())
-    }
-
-    /// Claims the slot (kicking the current presenter out if `takeover`).
-    pub fn claim(&self, takeover: bool) -> Result<Lease<'_>, Refusal> {
-        let mut live = self.live.lock().expect("presenter lock");
-        if let Some((_, kick)) = live.as_ref() {
-            if !takeover {
-                return Err(Refusal::Busy);
-            }
-            kick.send_replace(true);
-        }
-        let number = self
-            .next_lease
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (kick, kicked) = watch::channel(false);
-        *live = Some((number, kick));
-        Ok(Lease {
-            publishing: self,
-            number,
-            kicked,
-        })
-    }
 }
 
-/// Ends a presenter's source even if its handler is dropped mid-upload. hyper drops a
-/// request's handler when the connection fails (e.g. `IncompleteMessage` when a client goes
-/// away mid-body), and without this the source would stay "live" and the demo never resume.
-struct Presenting {
-    sink: crate::ingest::Sink,
-    id: u64,
-    reason: Option<String>,
-}
-
-impl Presenting {
-    async fn begin(sink: &crate::ingest::Sink, name: &str) -> Self {
-        let id = sink.begin(name, true).await;
-        Presenting {
-            sink: sink.clone(),
-            id,
-            reason: None,
-        }
+/// Checks whether a presenter could start now (for refusing before an upgrade or body).
+pub fn precheck(app: &App, token: Option<&str>, takeover: bool) -> Result<(), Refusal> {
+    if !app.publishing.token_ok(token) {
+        return Err(Refusal::BadToken);
     }
-
-    /// Ends the source now, with `reason`.
-    async fn end(mut self, reason: &str) {
-        self.reason = None;
-        self.sink.end(self.id, reason, true).await;
-    }
-}
-
-impl Drop for Presenting {
-    fn drop(&mut self) {
-        if let Some(reason) = self.reason.take() {
-            let (sink, id) = (self.sink.clone(), self.id);
-            // Drop cannot await: finish on the runtime (we are always inside it here).
-            tokio::spawn(async move { sink.end(id, &reason, true).await });
-        }
-    }
+    app.slot
+        .check(SourceKind::Presenter, takeover)
+        .map_err(Refusal::Claim)
 }
 
 /// Query parameters of both publish endpoints.
@@ -170,12 +91,148 @@ fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     Ok(matches!(value.as_str(), "1" | "true" | "yes" | ""))
 }
 
-/// WebSocket close codes: 1008 policy violation (too fast, taken over), 1003 unsupported data.
-fn close_code(error: &IngestError) -> u16 {
-    match error {
-        IngestError::Webm { .. } | IngestError::Codec { .. } | IngestError::NoVideo(_) => 1003,
-        _ => 1008,
+/// What one read from a presenter's connection gave.
+pub enum Incoming {
+    /// WebM bytes.
+    Media(Bytes),
+    /// Something to skip (a WebSocket ping or text message).
+    Other,
+    /// The presenter ended the upload cleanly (a close frame, or the end of the body).
+    Finished,
+    /// The connection failed.
+    Lost,
+}
+
+/// A presenter's connection, whatever carries it.
+pub trait Transport {
+    /// The next thing the presenter sent. Must be cancel-safe.
+    fn next(&mut self) -> impl std::future::Future<Output = Incoming> + Send;
+    /// Sends the presenter a status line (only the WebSocket can); false if the connection
+    /// is gone.
+    fn status(&mut self, json: String) -> impl std::future::Future<Output = bool> + Send;
+}
+
+/// How a presenter's upload ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The presenter stopped cleanly.
+    Finished,
+    /// The connection dropped.
+    Lost,
+    /// It lost the slot: taken over, or the server is shutting down.
+    Ended(EndReason),
+    /// No media arrived for this long.
+    Idle(Duration),
+    /// What it sent was refused.
+    Refused(IngestError),
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Finished => write!(f, "presenter stopped"),
+            Outcome::Lost => write!(f, "presenter connection lost"),
+            Outcome::Ended(reason) => write!(f, "{reason}"),
+            Outcome::Idle(after) => write!(f, "no media for {} s", after.as_secs_f64()),
+            Outcome::Refused(error) => write!(f, "{error}"),
+        }
     }
+}
+
+impl Outcome {
+    /// The WebSocket close code: 1000 normal, 1001 going away (shutdown), 1003 unsupported
+    /// data, 1008 policy (taken over, idle, too fast, timestamps out of range).
+    pub fn close_code(&self) -> u16 {
+        match self {
+            Outcome::Finished | Outcome::Lost => 1000,
+            Outcome::Ended(EndReason::ShuttingDown) => 1001,
+            Outcome::Refused(
+                IngestError::Webm { .. } | IngestError::Codec { .. } | IngestError::NoVideo(_),
+            ) => 1003,
+            Outcome::Ended(_) | Outcome::Idle(_) | Outcome::Refused(_) => 1008,
+        }
+    }
+
+    /// The HTTP status for the PUT answer.
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            Outcome::Finished | Outcome::Lost => StatusCode::OK,
+            Outcome::Ended(EndReason::ShuttingDown) => StatusCode::SERVICE_UNAVAILABLE,
+            Outcome::Ended(_) => StatusCode::CONFLICT,
+            Outcome::Idle(_) => StatusCode::REQUEST_TIMEOUT,
+            Outcome::Refused(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// The one presenter handler body: claims the slot, feeds what arrives, and ends when the
+/// presenter stops, fails, idles, is refused or loses the slot. Returns how it ended and the
+/// bytes received.
+pub async fn present<T: Transport>(
+    app: &App,
+    transport: &mut T,
+    name: &str,
+    takeover: bool,
+    remote: Option<SocketAddr>,
+) -> Result<(Outcome, u64), ClaimError> {
+    let guard = app
+        .slot
+        .claim(name, SourceKind::Presenter, takeover)
+        .await?;
+    tracing::info!(?remote, takeover, source = name, "presenter connected");
+    let mut feeder = Feeder::new(guard, app.slot.annotates(), None, true);
+    let idle = app.config.presenter_idle;
+    let mut received: u64 = 0;
+    let mut last_media = tokio::time::Instant::now();
+    let mut blocks = 0;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let outcome = loop {
+        tokio::select! {
+            incoming = transport.next() => match incoming {
+                Incoming::Media(bytes) => {
+                    received += bytes.len() as u64;
+                    if let Err(error) = feeder.feed(&bytes).await {
+                        break match error {
+                            IngestError::Ended { reason, .. } => Outcome::Ended(reason),
+                            error => Outcome::Refused(error),
+                        };
+                    }
+                    // Only whole media blocks count as activity: a trickle of bytes that
+                    // never completes a frame is as idle as silence.
+                    if feeder.blocks() != blocks {
+                        blocks = feeder.blocks();
+                        last_media = tokio::time::Instant::now();
+                    }
+                }
+                Incoming::Other => {}
+                Incoming::Finished => break Outcome::Finished,
+                Incoming::Lost => break Outcome::Lost,
+            },
+            reason = feeder.superseded() => break Outcome::Ended(reason),
+            _ = tokio::time::sleep_until(last_media + idle) => break Outcome::Idle(idle),
+            _ = ticker.tick() => {
+                let stats = serde_json::json!({
+                    "type": "stats",
+                    "received_bytes": received,
+                    "pipeline": app.slot.pipeline().map(|p| p.stats()),
+                });
+                if !transport.status(stats.to_string()).await {
+                    break Outcome::Lost;
+                }
+            }
+        }
+    };
+    let reason = outcome.to_string();
+    if !matches!(outcome, Outcome::Ended(_)) {
+        feeder.end(&reason).await;
+    }
+    match &outcome {
+        Outcome::Refused(_) | Outcome::Idle(_) => {
+            tracing::warn!(?remote, received, %reason, "presenter ended")
+        }
+        _ => tracing::info!(?remote, received, %reason, "presenter left"),
+    }
+    Ok((outcome, received))
 }
 
 /// A WebSocket close reason must fit in 123 bytes.
@@ -187,71 +244,81 @@ fn close_reason(text: &str) -> String {
     text[..end].to_string()
 }
 
-/// One presenter over a WebSocket. Binary messages are WebM bytes; every second the server
-/// sends a text message with the pipeline's figures for the presenter page to show.
+/// A presenter's WebSocket: binary messages are WebM bytes; status goes back as text.
+struct WsTransport {
+    socket: WebSocket,
+}
+
+impl Transport for WsTransport {
+    async fn next(&mut self) -> Incoming {
+        match self.socket.next().await {
+            Some(Ok(message)) if message.is_binary() => {
+                Incoming::Media(Bytes::from(message.into_bytes()))
+            }
+            Some(Ok(message)) if message.is_close() => Incoming::Finished,
+            Some(Ok(_)) => Incoming::Other,
+            Some(Err(_)) | None => Incoming::Lost,
+        }
+    }
+
+    async fn status(&mut self, json: String) -> bool {
+        self.socket.send(Message::text(json)).await.is_ok()
+    }
+}
+
+/// One presenter over a WebSocket. Every second the server sends a text message with the
+/// pipeline's figures for the presenter page to show.
 pub async fn websocket(socket: WebSocket, app: App, takeover: bool, remote: Option<SocketAddr>) {
-    let (mut tx, mut rx) = socket.split();
-    let mut lease = match app.publishing.claim(takeover) {
-        Ok(lease) => lease,
-        Err(_) => {
-            let _ = tx
-                .send(Message::close_with(1008u16, "a presenter is already live"))
-                .await;
-            return;
-        }
+    let mut transport = WsTransport { socket };
+    let (code, reason) = match present(&app, &mut transport, "presenter:ws", takeover, remote).await
+    {
+        Ok((outcome, _)) => (outcome.close_code(), outcome.to_string()),
+        Err(error) => (1008, error.to_string()),
     };
-    let name = "presenter:ws";
-    tracing::info!(?remote, takeover, "presenter connected over WebSocket");
-    let mut presenting = Presenting::begin(&app.sink, name).await;
-    presenting.reason = Some("presenter connection lost".into());
-    let mut feeder = Feeder::new(name, app.sink.clone(), presenting.id, None, true);
-    let mut received: u64 = 0;
-    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
-    let outcome: Result<&str, IngestError> = loop {
-        tokio::select! {
-            message = rx.next() => match message {
-                Some(Ok(message)) if message.is_binary() => {
-                    received += message.as_bytes().len() as u64;
-                    if let Err(error) = feeder.feed(message.as_bytes()).await {
-                        break Err(error);
-                    }
-                }
-                Some(Ok(message)) if message.is_close() => break Ok("presenter stopped"),
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => break Ok("presenter connection lost"),
-            },
-            _ = wait_until(&mut lease.kicked, true) => {
-                break Ok("another presenter took over");
-            }
-            _ = ticker.tick() => {
-                let stats = serde_json::json!({
-                    "type": "stats",
-                    "received_bytes": received,
-                    "pipeline": app.sink.pipeline().map(|p| p.stats()),
-                });
-                if tx.send(Message::text(stats.to_string())).await.is_err() {
-                    break Ok("presenter connection lost");
-                }
-            }
-        }
-    };
-    let reason = match &outcome {
-        Ok(reason) => reason.to_string(),
-        Err(error) => error.to_string(),
-    };
-    let code = outcome.as_ref().map_or_else(close_code, |_| 1000);
-    let _ = tx
+    let _ = transport
+        .socket
         .send(Message::close_with(code, close_reason(&reason)))
         .await;
-    presenting.end(&reason).await;
-    match outcome {
-        Ok(_) => tracing::info!(?remote, received, reason, "presenter left"),
-        Err(_) => tracing::warn!(?remote, received, reason, "presenter refused"),
+}
+
+/// A presenter's HTTP request body.
+struct BodyTransport<S> {
+    body: S,
+    /// The rest of the current body chunk, handed out piece by piece.
+    pending: Option<Box<dyn Buf + Send>>,
+}
+
+impl<S, B> Transport for BodyTransport<S>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
+    B: Buf + Send + 'static,
+{
+    async fn next(&mut self) -> Incoming {
+        loop {
+            if let Some(buf) = self.pending.as_mut() {
+                if buf.has_remaining() {
+                    let len = buf.chunk().len();
+                    return Incoming::Media(buf.copy_to_bytes(len));
+                }
+                self.pending = None;
+            }
+            match self.body.next().await {
+                Some(Ok(chunk)) => self.pending = Some(Box::new(chunk)),
+                Some(Err(_)) => return Incoming::Lost,
+                None => return Incoming::Finished,
+            }
+        }
+    }
+
+    async fn status(&mut self, _json: String) -> bool {
+        // A request body has no way back until the response.
+        true
     }
 }
 
 /// One presenter as a chunked HTTP body (`PUT`/`POST /publish`). Answers when the body ends:
-/// 200 with a summary, 400 with the reason the stream was refused, 409 when taken over.
+/// 200 with a summary, 400 with the reason the stream was refused, 408 after going idle,
+/// 409 when taken over.
 pub async fn http_body<S, B>(
     body: S,
     app: App,
@@ -259,52 +326,18 @@ pub async fn http_body<S, B>(
     remote: Option<SocketAddr>,
 ) -> warp::reply::WithStatus<String>
 where
-    S: Stream<Item = Result<B, warp::Error>> + Unpin,
-    B: Buf,
+    S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
+    B: Buf + Send + 'static,
 {
-    let mut body = body;
-    let Ok(mut lease) = app.publishing.claim(takeover) else {
-        return warp::reply::with_status(BUSY.to_string(), StatusCode::CONFLICT);
+    let mut transport = BodyTransport {
+        body,
+        pending: None,
     };
-    let name = "presenter:http";
-    tracing::info!(?remote, takeover, "presenter connected over HTTP");
-    let mut presenting = Presenting::begin(&app.sink, name).await;
-    presenting.reason = Some("upload connection lost".into());
-    let mut feeder = Feeder::new(name, app.sink.clone(), presenting.id, None, true);
-    let mut received: u64 = 0;
-    let outcome: Result<&str, IngestError> = loop {
-        tokio::select! {
-            chunk = body.next() => match chunk {
-                Some(Ok(mut chunk)) => {
-                    let mut failed = None;
-                    while chunk.has_remaining() {
-                        let piece = chunk.chunk();
-                        let len = piece.len();
-                        received += len as u64;
-                        if let Err(error) = feeder.feed(piece).await {
-                            failed = Some(error);
-                            break;
-                        }
-                        chunk.advance(len);
-                    }
-                    if let Some(error) = failed {
-                        break Err(error);
-                    }
-                }
-                Some(Err(_)) => break Ok("upload interrupted"),
-                None => break Ok("upload finished"),
-            },
-            _ = wait_until(&mut lease.kicked, true) => break Ok("another presenter took over"),
-        }
-    };
-    let (status, reason) = match &outcome {
-        Ok(reason) if *reason == "another presenter took over" => {
-            (StatusCode::CONFLICT, reason.to_string())
-        }
-        Ok(reason) => (StatusCode::OK, reason.to_string()),
-        Err(error) => (StatusCode::BAD_REQUEST, error.to_string()),
-    };
-    presenting.end(&reason).await;
-    tracing::info!(?remote, received, reason, "presenter left");
-    warp::reply::with_status(format!("{reason}; received {received} bytes\n"), status)
+    match present(&app, &mut transport, "presenter:http", takeover, remote).await {
+        Ok((outcome, received)) => warp::reply::with_status(
+            format!("{outcome}; received {received} bytes\n"),
+            outcome.http_status(),
+        ),
+        Err(error) => Refusal::Claim(error).reply(),
+    }
 }

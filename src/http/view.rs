@@ -11,7 +11,7 @@ use warp::ws::{Message, WebSocket};
 use warp::Reply;
 
 use super::App;
-use crate::broadcast::{Chunk, ChunkKind};
+use crate::hub::{Chunk, ChunkKind};
 
 /// Chunks queued for one `/live.webm` response before its writer waits.
 const HTTP_QUEUE: usize = 64;
@@ -43,7 +43,15 @@ pub async fn websocket(socket: WebSocket, app: App, remote: Option<SocketAddr>) 
     let reason = loop {
         tokio::select! {
             chunk = viewer.next() => {
-                let Ok(chunk) = chunk else { break "server shutting down" };
+                let Ok(chunk) = chunk else {
+                    // Best effort, bounded: a blocked socket may not take the close frame.
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_millis(200),
+                        tx.send(Message::close_with(1001u16, "server shutting down")),
+                    )
+                    .await;
+                    break "server shutting down";
+                };
                 let text = init_message(&chunk);
                 let send = async {
                     if let Some(text) = text {

@@ -1,14 +1,15 @@
-//! WebM: our EBML stream reader, the live muxer that turns reader events from successive
-//! sources into one viewer stream, and (for the encoder) a live WebM writer.
+//! WebM: our EBML stream reader (bytes in, events out), the live writer that turns encoded
+//! frames into viewer-stream chunks, and the remuxer that turns a passthrough source's reader
+//! events into the same chunks. Both produce [`Output`]s; the hub only fans them out.
 
 pub mod codecs;
 pub mod ebml;
-pub mod live;
 pub mod reader;
+pub mod remux;
 pub mod writer;
 
-pub use live::{InitSegment, LiveMuxer, Output, StreamInfo};
 pub use reader::{Block, Event, Info, StreamReader, Track, TrackKind, Tracks};
+pub use remux::{InitSegment, LiveMuxer, Output, StreamInfo};
 
 /// Why a WebM byte stream was refused. Every variant ends only the connection that sent it.
 #[derive(Debug, thiserror::Error)]
@@ -37,4 +38,6 @@ pub enum WebmError {
     Truncated,
     #[error("malformed element: {0}")]
     BadPayload(&'static str),
+    #[error(transparent)]
+    Clock(#[from] crate::clock::ClockError),
 }

@@ -19,6 +19,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use super::ebml::{self, id, Header, Size};
 use super::WebmError;
+use crate::clock::{ClockError, MediaTime, TimestampScale};
 
 /// Largest element the reader will buffer whole (blocks, Info, Tracks) unless told otherwise.
 pub const DEFAULT_MAX_ELEMENT: usize = 16 * 1024 * 1024;
@@ -52,7 +53,8 @@ pub struct Track {
 /// The Info element, parsed, with its original bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Info {
-    /// Nanoseconds per timestamp tick (1 ms = 1_000_000 by default).
+    /// Nanoseconds per timestamp tick (1 ms = 1_000_000 by default), checked to lie in
+    /// 1 µs..=1 s.
     pub timestamp_scale: u64,
     pub duration: Option<f64>,
     /// The whole element as received.
@@ -87,6 +89,8 @@ pub struct Block {
     pub relative_timecode: i16,
     /// Cluster timestamp plus the relative timestamp, in ticks.
     pub timecode: i64,
+    /// `timecode` in the stream's TimestampScale: the block's time on its source's clock.
+    pub time: MediaTime,
     pub keyframe: bool,
     /// The whole SimpleBlock or BlockGroup element as received (header included).
     pub bytes: Bytes,
@@ -119,6 +123,8 @@ pub enum Event {
     /// A Cluster opened and its Timestamp element arrived.
     ClusterStart {
         timecode: u64,
+        /// `timecode` in the stream's TimestampScale.
+        time: MediaTime,
     },
     Block(Block),
     /// The Cluster ended (its known size was consumed, or the next level-1 element began).
@@ -162,6 +168,8 @@ pub struct StreamReader {
     /// Offset where the current stream's EBML header began, to bound the wait for Tracks.
     stream_start: u64,
     cluster_timecode: Option<u64>,
+    /// The current stream's TimestampScale (from its Info).
+    scale: TimestampScale,
     max_element: usize,
 }
 
@@ -188,6 +196,7 @@ impl StreamReader {
             seen_tracks: false,
             stream_start: 0,
             cluster_timecode: None,
+            scale: TimestampScale::default(),
             max_element,
         }
     }
@@ -323,6 +332,7 @@ impl StreamReader {
                 let doc_type = parse_doc_type(&bytes[header.len..])?;
                 self.seen_header = true;
                 self.seen_tracks = false;
+                self.scale = TimestampScale::default();
                 self.stream_start = self.offset - bytes.len() as u64;
                 Ok(Step::Event(Event::Header { doc_type, bytes }))
             }
@@ -335,7 +345,9 @@ impl StreamReader {
                 let Some(bytes) = self.take_whole(&header)? else {
                     return Ok(Step::NeedMore);
                 };
-                Ok(Step::Event(Event::Info(parse_info(bytes, header.len)?)))
+                let info = parse_info(bytes, header.len)?;
+                self.scale = TimestampScale::new(info.timestamp_scale).map_err(WebmError::Clock)?;
+                Ok(Step::Event(Event::Info(info)))
             }
             (Some(Master::Segment), id::TRACKS) => {
                 let Some(bytes) = self.take_whole(&header)? else {
@@ -357,8 +369,12 @@ impl StreamReader {
                     return Ok(Step::NeedMore);
                 };
                 let timecode = ebml::read_uint(&bytes[header.len..])?;
+                let time = i64::try_from(timecode)
+                    .ok()
+                    .and_then(|ticks| MediaTime::from_ticks(ticks, self.scale))
+                    .ok_or(WebmError::Clock(ClockError::OutOfRange))?;
                 self.cluster_timecode = Some(timecode);
-                Ok(Step::Event(Event::ClusterStart { timecode }))
+                Ok(Step::Event(Event::ClusterStart { timecode, time }))
             }
             (Some(Master::Cluster), id::SIMPLE_BLOCK | id::BLOCK_GROUP) => {
                 let Some(cluster_timecode) = self.cluster_timecode else {
@@ -367,7 +383,7 @@ impl StreamReader {
                 let Some(bytes) = self.take_whole(&header)? else {
                     return Ok(Step::NeedMore);
                 };
-                let block = parse_block(bytes, &header, cluster_timecode)?;
+                let block = parse_block(bytes, &header, cluster_timecode, self.scale)?;
                 Ok(Step::Event(Event::Block(block)))
             }
             (Some(Master::Cluster), other) if is_level1(other) || other == id::SEGMENT => {
@@ -565,7 +581,12 @@ fn small_uint(payload: &[u8]) -> Result<u32, WebmError> {
         .map_err(|_| WebmError::BadPayload("value does not fit in 32 bits"))
 }
 
-fn parse_block(bytes: Bytes, header: &Header, cluster_timecode: u64) -> Result<Block, WebmError> {
+fn parse_block(
+    bytes: Bytes,
+    header: &Header,
+    cluster_timecode: u64,
+    scale: TimestampScale,
+) -> Result<Block, WebmError> {
     let payload = &bytes[header.len..];
     // For a BlockGroup, the frame lives in its Block child; no ReferenceBlock means keyframe.
     let (block_payload, keyframe_from_group) = if header.id == id::BLOCK_GROUP {
@@ -596,10 +617,18 @@ fn parse_block(bytes: Bytes, header: &Header, cluster_timecode: u64) -> Result<B
     let keyframe = keyframe_from_group.unwrap_or(flags & 0x80 != 0);
     let frame_start = (block_payload.as_ptr() as usize - bytes.as_ptr() as usize) + track_len + 3;
     let frame_end = block_payload.as_ptr() as usize - bytes.as_ptr() as usize + block_payload.len();
+    // Checked: a hostile Cluster Timestamp near 2^64 must not wrap into a plausible time.
+    let timecode = i64::try_from(cluster_timecode)
+        .ok()
+        .and_then(|cluster| cluster.checked_add(relative_timecode as i64))
+        .ok_or(WebmError::Clock(ClockError::OutOfRange))?;
+    let time =
+        MediaTime::from_ticks(timecode, scale).ok_or(WebmError::Clock(ClockError::OutOfRange))?;
     Ok(Block {
         track,
         relative_timecode,
-        timecode: cluster_timecode as i64 + relative_timecode as i64,
+        timecode,
+        time,
         keyframe,
         bytes,
         frame_start,
@@ -670,7 +699,10 @@ mod tests {
         };
         let video = tracks.video().unwrap();
         assert_eq!((video.width, video.height), (Some(320), Some(240)));
-        assert_eq!(events[4], Event::ClusterStart { timecode: 1000 });
+        assert!(matches!(
+            events[4],
+            Event::ClusterStart { timecode: 1000, .. }
+        ));
         let blocks: Vec<_> = events
             .iter()
             .filter_map(|e| match e {

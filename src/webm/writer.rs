@@ -9,10 +9,13 @@
 //! in timestamp order (the video path is a few ms behind the audio path because of encoding).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::ebml::{self, id, UNKNOWN_SIZE};
+use super::{InitSegment, Output, StreamInfo};
+use crate::clock::{MediaTime, TimestampScale};
 
 /// Track numbers in our output.
 pub const VIDEO_TRACK: u64 = 1;
@@ -20,7 +23,10 @@ pub const AUDIO_TRACK: u64 = 2;
 
 /// Audio older than this (relative to the newest audio) is written even if video lags, so a
 /// stalled video path never holds audio back for long.
-const MAX_AUDIO_HOLD_MS: i64 = 500;
+const MAX_AUDIO_HOLD: MediaTime = MediaTime::from_millis(500);
+
+/// Our output's TimestampScale: 1 ms, what every WebM player expects.
+const SCALE: TimestampScale = TimestampScale::MILLISECOND;
 
 /// The audio track we pass through: Opus as it came from the upload.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,18 +44,18 @@ pub struct OutputTracks {
     pub audio: Option<AudioTrack>,
 }
 
-/// Writes one live WebM stream. Timestamps are milliseconds.
+/// Writes one live WebM stream as viewer-stream chunks ([`Output`]s), ready for the hub.
 #[derive(Debug)]
 pub struct LiveWriter {
     tracks: OutputTracks,
-    /// Timestamp of the open Cluster, if one is open.
+    /// Timestamp (ms ticks) of the open Cluster, if one is open.
     cluster: Option<i64>,
-    pending_audio: VecDeque<(i64, Bytes)>,
+    pending_audio: VecDeque<(MediaTime, Bytes)>,
     last_video: Option<i64>,
 }
 
 impl LiveWriter {
-    /// A writer for `tracks`; call [`header`](Self::header) first.
+    /// A writer for `tracks`; send its [`init`](Self::init) first.
     pub fn new(tracks: OutputTracks) -> Self {
         LiveWriter {
             tracks,
@@ -64,8 +70,8 @@ impl LiveWriter {
         &self.tracks
     }
 
-    /// EBML header, unknown-size Segment, Info and Tracks.
-    pub fn header(&self) -> Bytes {
+    /// The init segment: EBML header, unknown-size Segment, Info and Tracks.
+    pub fn init(&self) -> Output {
         let mut out = Vec::with_capacity(256);
         let mut header = Vec::new();
         ebml::write_uint(&mut header, 0x4286, 1); // EBMLVersion
@@ -81,7 +87,7 @@ impl LiveWriter {
         out.extend_from_slice(&UNKNOWN_SIZE);
 
         let mut info = Vec::new();
-        ebml::write_uint(&mut info, id::TIMESTAMP_SCALE, 1_000_000);
+        ebml::write_uint(&mut info, id::TIMESTAMP_SCALE, SCALE.nanos());
         ebml::write_element(&mut info, id::MUXING_APP, b"lenscast");
         ebml::write_element(&mut info, id::WRITING_APP, b"lenscast");
         ebml::write_element(&mut out, id::INFO, &info);
@@ -117,80 +123,113 @@ impl LiveWriter {
             ebml::write_element(&mut tracks, id::TRACK_ENTRY, &entry);
         }
         ebml::write_element(&mut out, id::TRACKS, &tracks);
-        Bytes::from(out)
+        let has_audio = self.tracks.audio.is_some();
+        let info = StreamInfo {
+            mime: if has_audio {
+                "video/webm; codecs=\"vp8,opus\"".into()
+            } else {
+                "video/webm; codecs=\"vp8\"".into()
+            },
+            codecs: if has_audio {
+                vec!["V_VP8".into(), "A_OPUS".into()]
+            } else {
+                vec!["V_VP8".into()]
+            },
+            width: Some(self.tracks.width),
+            height: Some(self.tracks.height),
+            has_video: true,
+            has_audio,
+        };
+        Output::Init(Arc::new(InitSegment {
+            bytes: Bytes::from(out),
+            info,
+        }))
     }
 
-    /// Writes one encoded video frame (and any audio it has caught up with).
-    pub fn video(&mut self, pts_ms: i64, keyframe: bool, frame: &[u8]) -> Bytes {
-        let mut out = Vec::with_capacity(frame.len() + 64);
-        let pts_ms = self.last_video.map_or(pts_ms, |last| pts_ms.max(last + 1));
-        self.last_video = Some(pts_ms);
-        self.flush_audio(&mut out, |ts| ts <= pts_ms);
-        let needs_cluster = keyframe || !self.fits_cluster(pts_ms);
-        if needs_cluster {
-            self.open_cluster(&mut out, pts_ms);
-        }
+    /// Writes one encoded video frame (after any audio it has caught up with) into `out`.
+    pub fn video(&mut self, time: MediaTime, keyframe: bool, frame: &[u8], out: &mut Vec<Output>) {
+        let ticks = time.as_ticks(SCALE);
+        // A block's time must not go back within the video track.
+        let ticks = self.last_video.map_or(ticks, |last| ticks.max(last + 1));
+        self.last_video = Some(ticks);
+        let video_time = MediaTime::from_millis(ticks);
+        self.flush_audio(out, |t| t <= video_time);
+        let opened = if keyframe || !self.fits_cluster(ticks) {
+            Some(self.open_cluster(ticks, keyframe))
+        } else {
+            None
+        };
         if self.cluster.is_some() {
-            self.block(&mut out, VIDEO_TRACK, pts_ms, keyframe, frame);
+            let block = self.block(VIDEO_TRACK, ticks, keyframe, frame);
+            if let Some(head) = opened {
+                out.push(head);
+            }
+            out.push(Output::Block(block));
         }
-        Bytes::from(out)
     }
 
-    /// Queues one audio frame; returns what can be written now.
-    pub fn audio(&mut self, pts_ms: i64, frame: Bytes) -> Bytes {
+    /// Queues one audio frame; writes into `out` what can be written now.
+    pub fn audio(&mut self, time: MediaTime, frame: Bytes, out: &mut Vec<Output>) {
         if self.tracks.audio.is_none() {
-            return Bytes::new();
+            return;
         }
-        self.pending_audio.push_back((pts_ms, frame));
-        let mut out = Vec::new();
-        let video = self.last_video;
-        let newest = pts_ms;
-        self.flush_audio(&mut out, |ts| {
-            video.is_some_and(|v| ts <= v) || newest - ts > MAX_AUDIO_HOLD_MS
+        self.pending_audio.push_back((time, frame));
+        let video = self.last_video.map(MediaTime::from_millis);
+        self.flush_audio(out, |t| {
+            video.is_some_and(|v| t <= v) || time - t > MAX_AUDIO_HOLD
         });
-        Bytes::from(out)
     }
 
-    fn flush_audio(&mut self, out: &mut Vec<u8>, ready: impl Fn(i64) -> bool) {
-        while let Some((ts, _)) = self.pending_audio.front() {
-            let ts = *ts;
-            if !ready(ts) {
+    fn flush_audio(&mut self, out: &mut Vec<Output>, ready: impl Fn(MediaTime) -> bool) {
+        while let Some((time, _)) = self.pending_audio.front() {
+            if !ready(*time) {
                 break;
             }
-            let (_, frame) = self.pending_audio.pop_front().expect("front exists");
+            let (time, frame) = self.pending_audio.pop_front().expect("front exists");
             // Audio before the first video keyframe has no Cluster to go in; drop it.
             if self.cluster.is_none() {
                 continue;
             }
-            if !self.fits_cluster(ts) {
-                self.open_cluster(out, ts);
+            let ticks = time.as_ticks(SCALE);
+            if !self.fits_cluster(ticks) {
+                let head = self.open_cluster(ticks, false);
+                out.push(head);
             }
-            self.block(out, AUDIO_TRACK, ts, true, &frame);
+            out.push(Output::Block(self.block(AUDIO_TRACK, ticks, true, &frame)));
         }
     }
 
-    /// True if `ts` can be written relative to the open Cluster (a signed 16-bit offset).
-    fn fits_cluster(&self, ts: i64) -> bool {
+    /// True if `ticks` can be written relative to the open Cluster (a signed 16-bit offset).
+    fn fits_cluster(&self, ticks: i64) -> bool {
         self.cluster
-            .is_some_and(|c| (i16::MIN as i64..=i16::MAX as i64).contains(&(ts - c)))
+            .is_some_and(|c| (i16::MIN as i64..=i16::MAX as i64).contains(&(ticks - c)))
     }
 
-    fn open_cluster(&mut self, out: &mut Vec<u8>, ts: i64) {
-        ebml::write_id(out, id::CLUSTER);
-        out.extend_from_slice(&UNKNOWN_SIZE);
-        ebml::write_uint(out, id::TIMESTAMP, ts.max(0) as u64);
-        self.cluster = Some(ts.max(0));
+    fn open_cluster(&mut self, ticks: i64, keyframe: bool) -> Output {
+        let ticks = ticks.max(0);
+        let mut head = Vec::with_capacity(16);
+        ebml::write_id(&mut head, id::CLUSTER);
+        head.extend_from_slice(&UNKNOWN_SIZE);
+        ebml::write_uint(&mut head, id::TIMESTAMP, ticks as u64);
+        self.cluster = Some(ticks);
+        Output::ClusterStart {
+            bytes: Bytes::from(head),
+            keyframe,
+        }
     }
 
-    fn block(&self, out: &mut Vec<u8>, track: u64, ts: i64, keyframe: bool, frame: &[u8]) {
+    /// One SimpleBlock. The frame is copied once, here, into the bytes every viewer shares.
+    fn block(&self, track: u64, ticks: i64, keyframe: bool, frame: &[u8]) -> Bytes {
         let cluster = self.cluster.expect("a Cluster is open");
-        let relative = (ts - cluster) as i16;
-        ebml::write_id(out, id::SIMPLE_BLOCK);
-        ebml::write_size(out, frame.len() as u64 + 4);
+        let relative = (ticks - cluster) as i16;
+        let mut out = Vec::with_capacity(frame.len() + 12);
+        ebml::write_id(&mut out, id::SIMPLE_BLOCK);
+        ebml::write_size(&mut out, frame.len() as u64 + 4);
         out.push(0x80 | track as u8); // track number as a 1-byte VINT
         out.extend_from_slice(&relative.to_be_bytes());
         out.push(if keyframe { 0x80 } else { 0x00 });
         out.extend_from_slice(frame);
+        Bytes::from(out)
     }
 }
 
@@ -198,6 +237,10 @@ impl LiveWriter {
 mod tests {
     use super::*;
     use crate::webm::{Event, StreamReader};
+
+    fn ms(v: i64) -> MediaTime {
+        MediaTime::from_millis(v)
+    }
 
     #[test]
     fn clusters_start_at_keyframes_and_audio_interleaves_in_order() {
@@ -210,13 +253,26 @@ mod tests {
                 channels: 2,
             }),
         });
-        let mut stream = writer.header().to_vec();
+        let mut outputs = vec![writer.init()];
         for i in 0..60i64 {
             // Audio runs ahead of video, as it does in the pipeline.
-            stream.extend_from_slice(&writer.audio(i * 20 + 15, Bytes::from_static(b"opus")));
+            writer.audio(ms(i * 20 + 15), Bytes::from_static(b"opus"), &mut outputs);
             if i % 2 == 0 {
-                stream.extend_from_slice(&writer.video(i * 20, i % 30 == 0, b"vp8 frame"));
+                writer.video(ms(i * 20), i % 30 == 0, b"vp8 frame", &mut outputs);
             }
+        }
+        // The chunks say what they are: two keyframe Cluster starts, blocks otherwise.
+        let starts: Vec<bool> = outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::ClusterStart { keyframe, .. } => Some(*keyframe),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(starts, vec![true, true]);
+        let mut stream = Vec::new();
+        for output in &outputs {
+            stream.extend_from_slice(output.bytes());
         }
         let mut reader = StreamReader::new();
         reader.push(&stream);
@@ -224,7 +280,7 @@ mod tests {
         let mut blocks = Vec::new();
         while let Some(event) = reader.next_event().unwrap() {
             match event {
-                Event::ClusterStart { timecode } => clusters.push(timecode),
+                Event::ClusterStart { timecode, .. } => clusters.push(timecode),
                 Event::Block(b) => blocks.push((b.track, b.timecode, b.keyframe)),
                 _ => {}
             }

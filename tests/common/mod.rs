@@ -9,15 +9,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use lenscast::broadcast::Hub;
+use futures_util::{SinkExt, StreamExt};
 use lenscast::hls::{HlsConfig, HlsMirror};
-use lenscast::http::publish::Publishing;
-use lenscast::http::{self, App, HttpConfig};
-use lenscast::ingest::{self, Input, Sink, Target};
-use lenscast::pipeline::{Mode, Pipeline, PipelineConfig};
+use lenscast::http::{App, HttpConfig};
+use lenscast::hub::Hub;
+use lenscast::pipeline::PipelineConfig;
+use lenscast::server::{Server, ServerConfig};
+use lenscast::source::{Input, Slot};
+use lenscast::webm::{Event, StreamReader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{self, Message};
 
 pub fn fixture_path(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -28,111 +29,107 @@ pub fn fixture_path(name: &str) -> PathBuf {
 /// The publish token the in-process test servers use.
 pub const TOKEN: &str = "test-token";
 
-/// A server running inside the test process.
+/// A server running inside the test process, built by the same constructor as the binary.
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub app: App,
     pub hub: Hub,
-    pub sink: Sink,
+    pub slot: Slot,
     pub hls: Option<Arc<HlsMirror>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Completing it shuts the server down, as SIGTERM does for the binary.
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: Option<tokio::task::JoinHandle<()>>,
 }
 
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
+impl TestServer {
+    /// Shuts the server down the way the binary does on SIGTERM, and waits until it has.
+    pub async fn shut_down(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
         }
     }
 }
 
-/// Starts the real routes on 127.0.0.1:0 in passthrough mode, with `input` (if any).
-pub async fn start(input: Option<Input>, config: HttpConfig) -> TestServer {
-    let hub = Hub::default();
-    start_with(hub.clone(), Target::Hub(hub), input, config).await
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
 }
 
-/// Starts the real routes in annotation mode with an HLS mirror (`window` segments listed).
+/// Builds the server from `config` and runs it on 127.0.0.1:0.
+pub async fn start_server(config: ServerConfig, input: Option<Input>) -> TestServer {
+    let server = Server::new(ServerConfig {
+        input: input.clone().unwrap_or_else(Input::demo),
+        token: TOKEN.to_string(),
+        ..config
+    })
+    .expect("the server builds");
+    let server = if input.is_none() {
+        server.without_input()
+    } else {
+        server
+    };
+    let app = server.app().clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(listener, async move {
+        let _ = stop.await;
+    }));
+    TestServer {
+        addr,
+        hub: app.hub.clone(),
+        slot: app.slot.clone(),
+        hls: app.hls.clone(),
+        app,
+        shutdown: Some(shutdown),
+        task: Some(task),
+    }
+}
+
+/// Starts the real server on 127.0.0.1:0 in passthrough mode without HLS, with `input` (if any).
+pub async fn start(input: Option<Input>, config: HttpConfig) -> TestServer {
+    let config = ServerConfig {
+        passthrough: true,
+        hls: None,
+        http: config,
+        ..ServerConfig::default()
+    };
+    start_server(config, input).await
+}
+
+/// Starts the real server with an HLS mirror (`window` segments listed), annotating unless
+/// `passthrough`.
 pub async fn start_with_hls(input: Option<Input>, window: usize, passthrough: bool) -> TestServer {
-    let hub = Hub::default();
-    let mirror = Arc::new(
-        HlsMirror::start(HlsConfig {
+    let config = ServerConfig {
+        passthrough,
+        hls: Some(HlsConfig {
             window,
             ..HlsConfig::default()
-        })
-        .expect("HLS mirror starts"),
-    );
-    let config = PipelineConfig {
-        mode: if passthrough {
-            Mode::MirrorOnly
-        } else {
-            Mode::Annotate
-        },
-        ..PipelineConfig::default()
+        }),
+        ..ServerConfig::default()
     };
-    let pipeline = Pipeline::start(hub.clone(), config, Some(mirror.clone())).expect("pipeline");
-    let sink = if passthrough {
-        Sink::with_mirror(Target::Hub(hub.clone()), Some(pipeline))
-    } else {
-        Sink::new(Target::Pipeline(pipeline))
-    };
-    start_sink(hub, sink, Some(mirror), input, HttpConfig::default()).await
+    start_server(config, input).await
 }
 
-/// Starts the real routes in annotation mode (decode, detect faces, re-encode).
+/// Starts the real server in annotation mode (decode, detect faces, re-encode), without HLS.
 pub async fn start_annotating(
     input: Option<Input>,
     pipeline: PipelineConfig,
     config: HttpConfig,
 ) -> TestServer {
-    let hub = Hub::default();
-    let target =
-        Target::Pipeline(Pipeline::start(hub.clone(), pipeline, None).expect("pipeline starts"));
-    start_with(hub, target, input, config).await
-}
-
-async fn start_with(
-    hub: Hub,
-    target: Target,
-    input: Option<Input>,
-    config: HttpConfig,
-) -> TestServer {
-    start_sink(hub, Sink::new(target), None, input, config).await
-}
-
-async fn start_sink(
-    hub: Hub,
-    sink: Sink,
-    hls: Option<Arc<HlsMirror>>,
-    input: Option<Input>,
-    config: HttpConfig,
-) -> TestServer {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = App {
-        hub: hub.clone(),
-        sink: sink.clone(),
-        publishing: Arc::new(Publishing::new(TOKEN.to_string())),
-        hls: hls.clone(),
-        config: Arc::new(config),
+    let config = ServerConfig {
+        pipeline,
+        hls: None,
+        http: config,
+        ..ServerConfig::default()
     };
-    let mut tasks = vec![tokio::spawn(http::serve(
-        listener,
-        app,
-        std::future::pending(),
-    ))];
-    if let Some(input) = input {
-        let sink = sink.clone();
-        tasks.push(tokio::spawn(async move {
-            let _ = ingest::run(input, sink).await;
-        }));
-    }
-    TestServer {
-        addr,
-        hub,
-        sink,
-        hls,
-        tasks,
-    }
+    start_server(config, input).await
 }
 
 /// What a WebSocket viewer received: the init messages (JSON) and all binary bytes in order.
@@ -359,4 +356,110 @@ pub fn spawn_stdin_server(stdin: Stdio) -> (KillOnDrop, SocketAddr) {
     let (server, url) = spawn_binary(&args, stdin);
     let addr = url.trim_start_matches("http://").parse().unwrap();
     (KillOnDrop(server), addr)
+}
+
+/// A file cut at block boundaries, each piece with the time it is due (real-time pacing).
+pub fn paced_pieces(bytes: &[u8]) -> Vec<(Duration, Vec<u8>)> {
+    let mut reader = StreamReader::new();
+    reader.push(bytes);
+    let mut pieces = Vec::new();
+    let mut start = 0usize;
+    let mut first_ms = None;
+    while let Some(event) = reader.next_event().unwrap() {
+        match event {
+            Event::Block(block) => {
+                let ms = block.time.as_millis();
+                let first = *first_ms.get_or_insert(ms);
+                let end = reader.position() as usize;
+                let due = Duration::from_millis((ms - first).max(0) as u64);
+                pieces.push((due, bytes[start..end].to_vec()));
+                start = end;
+            }
+            _ => {}
+        }
+    }
+    if start < bytes.len() {
+        let due = pieces.last().map_or(Duration::ZERO, |p| p.0);
+        pieces.push((due, bytes[start..].to_vec()));
+    }
+    pieces
+}
+
+/// How a publish over the WebSocket ended: the server's close frame, if any.
+#[derive(Debug)]
+pub struct Closed {
+    pub code: Option<u16>,
+    pub reason: String,
+}
+
+pub type PublishSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub async fn connect_presenter(addr: SocketAddr, query: &str) -> Result<PublishSocket, u16> {
+    let url = format!("ws://{addr}/ws/publish?{query}");
+    match tokio_tungstenite::connect_async(url).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+        Err(e) => panic!("unexpected connect error: {e}"),
+    }
+}
+
+/// Sends `pieces` on their schedule (or at once, unpaced); stops early if the server closes.
+/// Returns the server's close frame, or None if we finished and closed first.
+pub async fn publish(
+    socket: &mut PublishSocket,
+    pieces: &[(Duration, Vec<u8>)],
+    paced: bool,
+) -> Option<Closed> {
+    let started = tokio::time::Instant::now();
+    for (due, piece) in pieces {
+        if paced {
+            tokio::time::sleep_until(started + *due).await;
+        }
+        if socket.send(Message::binary(piece.clone())).await.is_err() {
+            break;
+        }
+        // Notice a close from the server without blocking the schedule.
+        while let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(1), socket.next()).await
+        {
+            if let Ok(Message::Close(frame)) = message {
+                return Some(closed(frame));
+            }
+        }
+    }
+    None
+}
+
+fn closed(frame: Option<tungstenite::protocol::CloseFrame>) -> Closed {
+    Closed {
+        code: frame.as_ref().map(|f| u16::from(f.code)),
+        reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),
+    }
+}
+
+/// Waits for the server to close the socket; returns its close frame.
+pub async fn wait_closed(socket: &mut PublishSocket) -> Closed {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, socket.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => return closed(frame),
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(_))) | Ok(None) => {
+                return Closed {
+                    code: None,
+                    reason: "connection dropped without a close frame".into(),
+                }
+            }
+            Err(_) => panic!("the server never closed the socket"),
+        }
+    }
+}
+
+/// Publishes and returns how the server closed the socket (it must close it).
+pub async fn refused(socket: &mut PublishSocket, pieces: &[(Duration, Vec<u8>)]) -> Closed {
+    match publish(socket, pieces, false).await {
+        Some(closed) => closed,
+        None => wait_closed(socket).await,
+    }
 }

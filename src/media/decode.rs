@@ -2,17 +2,15 @@
 //!
 //! No format context is involved: our own reader has already split the WebM into frames, so
 //! each frame goes straight to a decoder found by codec ID (PLATFORM.md: this works on FFmpeg
-//! 5.1). Decoders may output any pixel format (VP9 can be 4:4:4 or 12-bit), so the scaler is
-//! built from each frame's real format and turns it into a fresh YUV420P picture at the
-//! output size. That picture is our own copy: later stages draw on it, never on the
-//! decoder's frame, which can be a reference buffer for frames still to come.
+//! 5.1). Decoders may output any pixel format (VP9 can be 4:4:4 or 12-bit); [`super::scale`]
+//! turns each picture into our own YUV420P copy, so later stages never draw on the decoder's
+//! frame, which can be a reference buffer for frames still to come.
 
 use ffmpeg::codec::Id;
-use ffmpeg::format::Pixel;
-use ffmpeg::software::scaling;
 use ffmpeg::util::frame::Video as VideoFrame;
 use ffmpeg_next as ffmpeg;
 
+use crate::clock::MediaTime;
 use crate::webm::Track;
 
 /// Why a video track cannot be decoded.
@@ -89,16 +87,18 @@ impl VideoDecoder {
         &self.codec
     }
 
-    /// Decodes one frame's bytes; pictures that come out are appended to `out`.
+    /// Decodes one frame's bytes at `time`; pictures that come out are appended to `out`,
+    /// each with its time (nanoseconds) as pts.
     pub fn decode(
         &mut self,
         data: &[u8],
-        pts: i64,
+        time: MediaTime,
         out: &mut Vec<VideoFrame>,
     ) -> Result<(), DecodeError> {
+        // The one copy on the way in: FFmpeg wants its own padded buffer.
         let mut packet = ffmpeg::Packet::copy(data);
-        packet.set_pts(Some(pts));
-        packet.set_dts(Some(pts));
+        packet.set_pts(Some(time.as_nanos()));
+        packet.set_dts(Some(time.as_nanos()));
         self.decoder.send_packet(&packet)?;
         loop {
             let mut frame = VideoFrame::empty();
@@ -129,40 +129,5 @@ fn set_extradata(context: &mut ffmpeg::codec::Context, data: &[u8]) {
         let raw = context.as_mut_ptr();
         (*raw).extradata = buffer;
         (*raw).extradata_size = data.len() as i32;
-    }
-}
-
-/// Converts decoded pictures of any format and size into YUV420P at the output size.
-#[derive(Default)]
-pub struct Converter {
-    scaler: Option<(scaling::Context, (Pixel, u32, u32))>,
-}
-
-impl Converter {
-    /// A new YUV420P picture of `width`x`height` made from `frame` (scaled if sizes differ).
-    pub fn convert(
-        &mut self,
-        frame: &VideoFrame,
-        width: u32,
-        height: u32,
-    ) -> Result<VideoFrame, DecodeError> {
-        let source = (frame.format(), frame.width(), frame.height());
-        let stale = !matches!(&self.scaler, Some((_, key)) if *key == source);
-        if stale {
-            let context = scaling::Context::get(
-                source.0,
-                source.1,
-                source.2,
-                Pixel::YUV420P,
-                width,
-                height,
-                scaling::Flags::BILINEAR,
-            )?;
-            self.scaler = Some((context, source));
-        }
-        let (scaler, _) = self.scaler.as_mut().expect("scaler was just built");
-        let mut out = VideoFrame::new(Pixel::YUV420P, width, height);
-        scaler.run(frame, &mut out)?;
-        Ok(out)
     }
 }

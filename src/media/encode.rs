@@ -10,6 +10,8 @@ use std::time::Duration;
 use ffmpeg::util::frame::Video as VideoFrame;
 use ffmpeg_next as ffmpeg;
 
+use crate::clock::MediaTime;
+
 /// Why encoding failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
@@ -19,19 +21,13 @@ pub enum EncodeError {
     Ffmpeg(#[from] ffmpeg::Error),
 }
 
-/// One encoded frame.
-#[derive(Debug)]
-pub struct EncodedFrame {
-    pub pts_ms: i64,
-    pub keyframe: bool,
-    pub data: Vec<u8>,
-}
-
 /// A realtime VP8 encoder for one output size.
 pub struct Vp8Encoder {
     encoder: ffmpeg::encoder::Video,
-    keyframe_interval_ms: i64,
-    last_keyframe: Option<i64>,
+    keyframe_interval: MediaTime,
+    last_keyframe: Option<MediaTime>,
+    /// The last pts given to libvpx (ms), which refuses any that does not rise.
+    last_pts: Option<i64>,
     width: u32,
     height: u32,
 }
@@ -44,7 +40,7 @@ impl Vp8Encoder {
         bitrate: usize,
         keyframe_interval: Duration,
     ) -> Result<Self, EncodeError> {
-        crate::decode::init();
+        super::decode::init();
         let codec = ffmpeg::encoder::find_by_name("libvpx")
             .or_else(|| ffmpeg::encoder::find(ffmpeg::codec::Id::VP8))
             .ok_or(EncodeError::NoEncoder)?;
@@ -67,8 +63,9 @@ impl Vp8Encoder {
         let encoder = encoder.open_as_with(codec, options)?;
         Ok(Vp8Encoder {
             encoder,
-            keyframe_interval_ms: keyframe_interval.as_millis().max(1) as i64,
+            keyframe_interval: MediaTime::from_duration(keyframe_interval),
             last_keyframe: None,
+            last_pts: None,
             width,
             height,
         })
@@ -79,37 +76,38 @@ impl Vp8Encoder {
         (self.width, self.height)
     }
 
-    /// Encodes one picture at `pts_ms`; returns what libvpx produced (with `lag-in-frames=0`,
-    /// normally exactly this frame).
+    /// Encodes one picture at `time` and hands what libvpx produced (with `lag-in-frames=0`,
+    /// normally exactly this frame) to `out` as (time, keyframe, bytes), straight from
+    /// FFmpeg's packet without a copy.
     pub fn encode(
         &mut self,
         picture: &mut VideoFrame,
-        pts_ms: i64,
-    ) -> Result<Vec<EncodedFrame>, EncodeError> {
+        time: MediaTime,
+        mut out: impl FnMut(MediaTime, bool, &[u8]),
+    ) -> Result<(), EncodeError> {
+        let pts = time.as_millis();
+        let pts = self.last_pts.map_or(pts, |last| pts.max(last + 1));
+        self.last_pts = Some(pts);
+        let time = MediaTime::from_millis(pts);
         let due = self
             .last_keyframe
-            .is_none_or(|last| pts_ms - last >= self.keyframe_interval_ms);
+            .is_none_or(|last| time - last >= self.keyframe_interval);
         picture.set_kind(if due {
             ffmpeg::picture::Type::I
         } else {
             ffmpeg::picture::Type::None
         });
-        picture.set_pts(Some(pts_ms));
+        picture.set_pts(Some(pts));
         self.encoder.send_frame(picture)?;
-        let mut out = Vec::new();
         let mut packet = ffmpeg::Packet::empty();
         while self.encoder.receive_packet(&mut packet).is_ok() {
-            let pts = packet.pts().unwrap_or(pts_ms);
+            let at = packet.pts().map_or(time, MediaTime::from_millis);
             let keyframe = packet.is_key();
             if keyframe {
-                self.last_keyframe = Some(pts);
+                self.last_keyframe = Some(at);
             }
-            out.push(EncodedFrame {
-                pts_ms: pts,
-                keyframe,
-                data: packet.data().unwrap_or_default().to_vec(),
-            });
+            out(at, keyframe, packet.data().unwrap_or_default());
         }
-        Ok(out)
+        Ok(())
     }
 }

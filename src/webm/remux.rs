@@ -1,4 +1,5 @@
-//! The live muxer: reader events from one source after another in, one endless viewer stream out.
+//! The remuxer (for passthrough sources): reader events from one source after another in, one
+//! endless viewer stream of [`Output`] chunks out, on the shared output [`Timeline`].
 //!
 //! What it does to the stream, and why:
 //! - The init segment is the source's EBML header, a Segment of unknown size (a live stream has
@@ -20,16 +21,10 @@ use bytes::Bytes;
 use super::codecs;
 use super::ebml::{self, id, UNKNOWN_SIZE};
 use super::reader::{Block, Event, Info, Tracks};
+use crate::clock::{MediaTime, Timeline, TimestampScale};
 
 /// A Cluster head is flushed without waiting for video once it holds this much audio.
 const MAX_PENDING_HEAD: usize = 256 * 1024;
-/// A forward jump in source time larger than this is closed up, so players do not stall at a gap.
-const MAX_FORWARD_JUMP_NS: i128 = 5_000_000_000;
-/// A Cluster may start a little before the last block of the one before (audio is interleaved
-/// ahead of video); only a step back larger than this is a real timestamp reset.
-const MAX_BACKWARD_STEP_NS: i128 = 1_000_000_000;
-/// Assumed frame spacing when a source gives no better estimate (30 fps).
-const DEFAULT_FRAME_NS: i128 = 33_333_333;
 
 /// What viewers need to know about a stream, beside its bytes.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -45,7 +40,8 @@ pub struct StreamInfo {
 }
 
 impl StreamInfo {
-    fn from_tracks(tracks: &Tracks) -> Self {
+    /// What a source's Tracks describe.
+    pub fn from_tracks(tracks: &Tracks) -> Self {
         let video = tracks.video();
         StreamInfo {
             mime: codecs::mime_type(tracks),
@@ -77,6 +73,16 @@ pub enum Output {
     Block(Bytes),
 }
 
+impl Output {
+    /// The bytes this piece adds to the viewer stream.
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            Output::Init(init) => &init.bytes,
+            Output::ClusterStart { bytes, .. } | Output::Block(bytes) => bytes,
+        }
+    }
+}
+
 /// The source currently being read: what we know of it so far.
 #[derive(Debug, Default)]
 struct Source {
@@ -84,8 +90,6 @@ struct Source {
     info: Option<Info>,
     tracks: Option<Tracks>,
     video_track: Option<u64>,
-    /// Ticks added to this source's Cluster timestamps (in the output's timestamp scale).
-    offset: Option<i64>,
 }
 
 /// A Cluster whose head is held until its first video block arrives.
@@ -101,13 +105,9 @@ pub struct LiveMuxer {
     init: Option<Arc<InitSegment>>,
     pending: Option<PendingHead>,
     in_cluster: bool,
-    /// Output timestamp scale (ns per tick) of the current init segment.
-    scale: u64,
-    /// The latest block time written to viewers, in ns on the output timeline.
-    last_ns: Option<i128>,
-    /// Per track: (latest block time, spacing to the block before), in output ns, so the next
-    /// source can start exactly where every track's last frame ends.
-    track_ends: Vec<(u64, i128, i128)>,
+    /// Output timestamp scale of the current init segment (the source's own).
+    scale: TimestampScale,
+    timeline: Timeline,
 }
 
 impl Default for LiveMuxer {
@@ -124,9 +124,8 @@ impl LiveMuxer {
             init: None,
             pending: None,
             in_cluster: false,
-            scale: 1_000_000,
-            last_ns: None,
-            track_ends: Vec::new(),
+            scale: TimestampScale::default(),
+            timeline: Timeline::new(),
         }
     }
 
@@ -141,17 +140,7 @@ impl LiveMuxer {
         self.flush_pending(out, false);
         self.source = Source::default();
         self.in_cluster = false;
-    }
-
-    /// Forgets per-track timing when the track layout changes (new init segment).
-    fn reset_track_ends(&mut self) {
-        let end = self
-            .track_ends
-            .iter()
-            .map(|(_, last, spacing)| last + spacing)
-            .max();
-        // Keep one entry that carries the end of the old timeline.
-        self.track_ends = end.map(|e| vec![(u64::MAX, e, 0)]).unwrap_or_default();
+        self.timeline.restart();
     }
 
     /// Feeds one reader event; the resulting viewer stream pieces are appended to `out`.
@@ -164,7 +153,7 @@ impl LiveMuxer {
             Event::SegmentStart { .. } => {}
             Event::Info(info) => self.source.info = Some(info),
             Event::Tracks(tracks) => self.tracks(tracks, out),
-            Event::ClusterStart { timecode } => self.cluster_start(timecode, out),
+            Event::ClusterStart { time, .. } => self.cluster_start(time, out),
             Event::Block(block) => self.block(block, out),
             Event::ClusterEnd => {
                 self.flush_pending(out, false);
@@ -184,43 +173,25 @@ impl LiveMuxer {
             .source
             .info
             .as_ref()
-            .map_or(1_000_000, |i| i.timestamp_scale);
+            .and_then(|i| TimestampScale::new(i.timestamp_scale).ok())
+            .unwrap_or_default();
         self.source.tracks = Some(tracks);
         // A file loop sends the same init again: viewers already have it, so send nothing.
         if self.init.as_ref().map(|i| &i.bytes) != Some(&init.bytes) {
             let init = Arc::new(init);
             self.init = Some(init.clone());
-            self.reset_track_ends();
             self.scale = scale;
             out.push(Output::Init(init));
         }
     }
 
-    fn cluster_start(&mut self, timecode: u64, out: &mut Vec<Output>) {
+    fn cluster_start(&mut self, time: MediaTime, out: &mut Vec<Output>) {
         self.flush_pending(out, false);
-        let source_ticks = timecode as i64;
-        let scale = self.scale as i128;
-        let mut offset = self.source.offset;
-        if let (Some(o), Some(last)) = (offset, self.last_ns) {
-            let start_ns = (source_ticks + o) as i128 * scale;
-            if last - start_ns > MAX_BACKWARD_STEP_NS || start_ns - last > MAX_FORWARD_JUMP_NS {
-                offset = None;
-            }
-        }
-        let offset = offset.unwrap_or_else(|| {
-            // Place this Cluster where the last frames viewers got end (or at 0), so the
-            // timeline has neither a gap (players stall at gaps) nor an overlap.
-            let target_ns = self
-                .track_ends
-                .iter()
-                .map(|(_, last, spacing)| last + spacing)
-                .max()
-                .unwrap_or(0);
-            let target_ticks = (target_ns + scale - 1) / scale;
-            target_ticks as i64 - source_ticks
-        });
-        self.source.offset = Some(offset);
-        let out_timecode = (source_ticks + offset).max(0) as u64;
+        // The first Cluster of a source goes where the last frames viewers got end, so the
+        // timeline has neither a gap (players stall at gaps) nor an overlap.
+        let tick = MediaTime::from_nanos(self.scale.nanos() as i64);
+        let out_time = self.timeline.map(time, tick);
+        let out_timecode = out_time.as_ticks(self.scale).max(0) as u64;
         let mut head = Vec::with_capacity(64);
         ebml::write_id(&mut head, id::CLUSTER);
         head.extend_from_slice(&UNKNOWN_SIZE);
@@ -233,24 +204,8 @@ impl LiveMuxer {
         if !self.in_cluster {
             return;
         }
-        let offset = self.source.offset.unwrap_or(0);
-        let ns = (block.timecode + offset) as i128 * self.scale as i128;
+        self.timeline.place(block.track, block.time);
         let is_video = Some(block.track) == self.source.video_track;
-        match self
-            .track_ends
-            .iter_mut()
-            .find(|(track, _, _)| *track == block.track)
-        {
-            Some((_, last, spacing)) => {
-                let delta = ns - *last;
-                if delta > 0 && delta < 1_000_000_000 {
-                    *spacing = delta;
-                }
-                *last = (*last).max(ns);
-            }
-            None => self.track_ends.push((block.track, ns, DEFAULT_FRAME_NS)),
-        }
-        self.last_ns = Some(self.last_ns.map_or(ns, |last| last.max(ns)));
 
         let Some(pending) = self.pending.as_mut() else {
             out.push(Output::Block(block.bytes));
@@ -410,7 +365,7 @@ mod tests {
                 Output::ClusterStart { bytes, .. } | Output::Block(bytes) => reader.push(bytes),
             }
             while let Some(event) = reader.next_event().unwrap() {
-                if let Event::ClusterStart { timecode } = event {
+                if let Event::ClusterStart { timecode, .. } = event {
                     timecodes.push(timecode);
                 }
             }

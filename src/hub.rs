@@ -1,8 +1,11 @@
 //! The hub: caches what a new viewer needs to start, and fans the live stream out to all viewers.
 //!
-//! One `Hub` handle (cheap to clone) is shared by the sources that write and the HTTP handlers
-//! that read. Writers hold a std `Mutex` only for synchronous work (muxing one event, updating
-//! the caches, `broadcast::Sender::send`), never across an await. Because the join cache is
+//! It takes finished viewer-stream chunks ([`Output`]s from the pipeline's writer or the
+//! passthrough remuxer) and knows nothing of WebM beyond what each chunk says it is.
+//!
+//! One `Hub` handle (cheap to clone) is shared by the stage that writes and the HTTP handlers
+//! that read. Writers hold a std `Mutex` only for synchronous work (updating the caches,
+//! `broadcast::Sender::send`), never across an await. Because the join cache is
 //! updated and the chunk is sent under that same lock, a viewer that snapshots the cache and
 //! subscribes under the lock gets every byte exactly once: no gap, no duplicate.
 //!
@@ -15,9 +18,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
-use crate::webm::{Event, InitSegment, LiveMuxer, Output, StreamInfo};
+use crate::webm::{InitSegment, Output, StreamInfo};
 
 /// Chunks the broadcast channel holds; at ~80 chunks/s (30 fps video + Opus) about 12 s.
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
@@ -26,7 +29,7 @@ pub const MAX_JOIN_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Errors of the broadcast stage.
 #[derive(Debug, thiserror::Error)]
-pub enum BroadcastError {
+pub enum HubError {
     #[error("the hub was shut down")]
     Closed,
 }
@@ -69,54 +72,35 @@ impl Chunk {
         }
     }
 
-    /// `current_init` is the init segment in force when the output was produced.
-    fn from_output(output: Output, current_init: Option<&Arc<InitSegment>>) -> Self {
-        match output {
+    /// `current_init` is the init segment in force when the output was produced; media
+    /// before any init segment has nothing to belong to and is dropped.
+    fn from_output(output: Output, current_init: Option<&Arc<InitSegment>>) -> Option<Self> {
+        Some(match output {
             Output::Init(init) => Chunk::init(init),
             Output::ClusterStart { bytes, keyframe } => Chunk {
                 kind: ChunkKind::ClusterStart {
                     keyframe,
-                    init: current_init
-                        .cloned()
-                        .expect("the reader refuses Clusters before Tracks"),
+                    init: current_init.cloned()?,
                 },
                 bytes,
             },
-            Output::Block(bytes) => Chunk {
-                kind: ChunkKind::Block,
-                bytes,
-            },
-        }
+            Output::Block(bytes) => {
+                current_init?;
+                Chunk {
+                    kind: ChunkKind::Block,
+                    bytes,
+                }
+            }
+        })
     }
-}
-
-/// Whether a source is feeding the hub.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceState {
-    /// No source has started yet.
-    Idle,
-    Live,
-    /// The last source ended; viewers stay connected and wait for the next one.
-    Ended,
-}
-
-/// The source as shown in `/api/status`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SourceStatus {
-    pub state: SourceState,
-    /// e.g. `file:fixtures/face.webm`, `stdin`.
-    pub name: Option<String>,
-    /// Why the last source ended, if it did.
-    pub ended_reason: Option<String>,
-    pub stream: Option<StreamInfo>,
 }
 
 /// Counters shown in `/api/status` and used by tests and benchmarks.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct HubStatus {
     pub uptime_s: f64,
-    pub source: SourceStatus,
+    /// What the current init segment describes, once there is one.
+    pub stream: Option<StreamInfo>,
     pub viewers: u64,
     pub viewers_total: u64,
     pub bytes_sent: u64,
@@ -174,17 +158,17 @@ impl JoinCache {
 
 #[derive(Debug)]
 struct State {
-    muxer: LiveMuxer,
+    /// The init segment in force: what a joining viewer gets first.
+    init: Option<Arc<InitSegment>>,
     join: JoinCache,
-    source: SourceStatus,
-    /// Reused output buffer, so pushing an event does not allocate.
-    scratch: Vec<Output>,
 }
 
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
     tx: broadcast::Sender<Chunk>,
+    /// True once the server shuts down: every viewer's `next` then ends with `Closed`.
+    closed: watch::Sender<bool>,
     counters: Counters,
     started: Instant,
 }
@@ -208,17 +192,11 @@ impl Hub {
         Hub {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
-                    muxer: LiveMuxer::new(),
+                    init: None,
                     join: JoinCache::default(),
-                    source: SourceStatus {
-                        state: SourceState::Idle,
-                        name: None,
-                        ended_reason: None,
-                        stream: None,
-                    },
-                    scratch: Vec::new(),
                 }),
                 tx,
+                closed: watch::channel(false).0,
                 counters: Counters::default(),
                 started: Instant::now(),
             }),
@@ -233,43 +211,26 @@ impl Hub {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A source begins feeding the hub. Any previous source is ended first.
-    pub fn source_started(&self, name: &str) {
+    /// Sends finished chunks to every viewer (and into the join cache), in order.
+    pub fn publish(&self, outputs: impl IntoIterator<Item = Output>) {
         let mut state = self.lock();
-        self.finish_source(&mut state);
-        state.source.state = SourceState::Live;
-        state.source.name = Some(name.to_string());
-        state.source.ended_reason = None;
-        tracing::info!(source = name, "source started");
+        for output in outputs {
+            let Some(chunk) = Chunk::from_output(output, state.init.as_ref()) else {
+                continue;
+            };
+            if let ChunkKind::Init(init) = &chunk.kind {
+                tracing::info!(mime = %init.info.mime, width = ?init.info.width, height = ?init.info.height, "new init segment");
+                state.init = Some(init.clone());
+            }
+            state.join.push(&chunk);
+            // An error only means no viewer is subscribed right now.
+            let _ = self.shared.tx.send(chunk);
+        }
     }
 
-    /// The current source stopped; viewers stay connected and wait for the next.
-    pub fn source_ended(&self, reason: &str) {
-        let mut state = self.lock();
-        self.finish_source(&mut state);
-        state.source.state = SourceState::Ended;
-        state.source.ended_reason = Some(reason.to_string());
-        tracing::info!(
-            source = state.source.name.as_deref().unwrap_or("?"),
-            reason,
-            "source ended"
-        );
-    }
-
-    fn finish_source(&self, state: &mut State) {
-        let mut out = std::mem::take(&mut state.scratch);
-        state.muxer.end_source(&mut out);
-        self.publish(state, &mut out);
-        state.scratch = out;
-    }
-
-    /// Feeds one event from the current source's reader.
-    pub fn push(&self, event: Event) {
-        let mut state = self.lock();
-        let mut out = std::mem::take(&mut state.scratch);
-        state.muxer.push(event, &mut out);
-        self.publish(&mut state, &mut out);
-        state.scratch = out;
+    /// Ends every viewer's stream (server shutdown): each `Viewer::next` returns `Closed`.
+    pub fn close(&self) {
+        self.shared.closed.send_replace(true);
     }
 
     /// Counts bytes that arrived from the source (for status).
@@ -280,19 +241,6 @@ impl Hub {
             .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
-    fn publish(&self, state: &mut State, out: &mut Vec<Output>) {
-        for output in out.drain(..) {
-            let chunk = Chunk::from_output(output, state.muxer.init());
-            if let ChunkKind::Init(init) = &chunk.kind {
-                tracing::info!(mime = %init.info.mime, width = ?init.info.width, height = ?init.info.height, "new init segment");
-                state.source.stream = Some(init.info.clone());
-            }
-            state.join.push(&chunk);
-            // An error only means no viewer is subscribed right now.
-            let _ = self.shared.tx.send(chunk);
-        }
-    }
-
     /// A new viewer: it receives the init segment and the cached Cluster-so-far, then the live
     /// tail. Counted in `viewers` until dropped.
     pub fn subscribe(&self) -> Viewer {
@@ -300,7 +248,7 @@ impl Hub {
         let rx = self.shared.tx.subscribe();
         let mut backlog = VecDeque::new();
         let mut skipping = true;
-        if let Some(init) = state.muxer.init() {
+        if let Some(init) = &state.init {
             backlog.push_back(Chunk::init(init.clone()));
             if state.join.valid && !state.join.chunks.is_empty() {
                 backlog.extend(state.join.chunks.iter().cloned());
@@ -313,6 +261,7 @@ impl Hub {
         counters.viewers_total.fetch_add(1, Ordering::Relaxed);
         Viewer {
             hub: self.clone(),
+            closed: self.shared.closed.subscribe(),
             backlog,
             rx,
             skipping,
@@ -341,19 +290,22 @@ impl Hub {
 
     /// The current stream's description, if a source has sent its Tracks.
     pub fn stream_info(&self) -> Option<StreamInfo> {
-        self.lock().source.stream.clone()
+        self.lock().init.as_ref().map(|init| init.info.clone())
     }
 
     /// A snapshot for `/api/status`.
     pub fn status(&self) -> HubStatus {
-        let (source, join_cache_bytes) = {
+        let (stream, join_cache_bytes) = {
             let state = self.lock();
-            (state.source.clone(), state.join.bytes)
+            (
+                state.init.as_ref().map(|i| i.info.clone()),
+                state.join.bytes,
+            )
         };
         let c = &self.shared.counters;
         HubStatus {
             uptime_s: self.shared.started.elapsed().as_secs_f64(),
-            source,
+            stream,
             viewers: c.viewers.load(Ordering::Relaxed),
             viewers_total: c.viewers_total.load(Ordering::Relaxed),
             bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
@@ -370,6 +322,7 @@ impl Hub {
 #[derive(Debug)]
 pub struct Viewer {
     hub: Hub,
+    closed: watch::Receiver<bool>,
     backlog: VecDeque<Chunk>,
     rx: broadcast::Receiver<Chunk>,
     /// True until the viewer reaches a join point (after joining with no cache, or after lag).
@@ -380,7 +333,7 @@ pub struct Viewer {
 
 impl Viewer {
     /// The next chunk to send, or `Err(Closed)` when the hub is gone.
-    pub async fn next(&mut self) -> Result<Chunk, BroadcastError> {
+    pub async fn next(&mut self) -> Result<Chunk, HubError> {
         let chunk = self.next_in_stream().await?;
         match &chunk.kind {
             ChunkKind::Init(init) => self.sent_init = Some(init.clone()),
@@ -399,12 +352,20 @@ impl Viewer {
         Ok(chunk)
     }
 
-    async fn next_in_stream(&mut self) -> Result<Chunk, BroadcastError> {
+    async fn next_in_stream(&mut self) -> Result<Chunk, HubError> {
+        if *self.closed.borrow() {
+            return Err(HubError::Closed);
+        }
         if let Some(chunk) = self.backlog.pop_front() {
             return Ok(chunk);
         }
         loop {
-            match self.rx.recv().await {
+            // Both futures are cancel-safe, so `next` stays cancel-safe too.
+            let received = tokio::select! {
+                received = self.rx.recv() => received,
+                _ = self.closed.wait_for(|closed| *closed) => return Err(HubError::Closed),
+            };
+            match received {
                 Ok(chunk) => {
                     if self.skipping {
                         if !chunk.is_join_point() {
@@ -428,7 +389,7 @@ impl Viewer {
                         "viewer lagged; skipping to the next keyframe cluster"
                     );
                 }
-                Err(broadcast::error::RecvError::Closed) => return Err(BroadcastError::Closed),
+                Err(broadcast::error::RecvError::Closed) => return Err(HubError::Closed),
             }
         }
     }

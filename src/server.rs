@@ -1,0 +1,201 @@
+//! The server: wires source → pipeline (or remuxer) → hub → http together, and owns shutdown.
+//!
+//! [`Server::new`] is the one constructor: the binary, the integration tests and the
+//! benchmarks all build the server through it, so they run the same parts wired the same
+//! way. [`Server::run`] serves on a bound listener until `shutdown` completes, and then, in
+//! this order and within [`SHUTDOWN_GRACE`] whatever clients do:
+//! 1. the source slot closes: the current source (a presenter's upload too) ends, and the
+//!    demo or `--input` stops;
+//! 2. the hub closes: every viewer, WebSocket or `/live.webm`, gets the end of its stream;
+//! 3. the listener stops accepting, and connections get until the grace period ends to finish
+//!    (a client that sent half a request does not hold the process);
+//! 4. the pipeline threads stop and the HLS mirror removes its directory.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::hls::{HlsConfig, HlsError, HlsMirror};
+use crate::http::publish::Publishing;
+use crate::http::{self, App, HttpConfig};
+use crate::hub::Hub;
+use crate::pipeline::{Mode, Pipeline, PipelineConfig, PipelineError};
+use crate::source::{self, Input, Slot, Target};
+
+/// How long shutdown waits for connections to finish before the server returns anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("starting the HLS mirror: {0}")]
+    Hls(#[from] HlsError),
+    #[error("starting the pipeline: {0}")]
+    Pipeline(#[from] PipelineError),
+}
+
+/// Everything the server needs to know, from the command line or a test.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where the broadcast comes from when no presenter is live.
+    pub input: Input,
+    /// Broadcast sources' own WebM instead of decoding and annotating.
+    pub passthrough: bool,
+    /// The token a presenter must give.
+    pub token: String,
+    /// Encoder and overload settings (the mode follows from `passthrough`).
+    pub pipeline: PipelineConfig,
+    /// The HLS mirror, if on.
+    pub hls: Option<HlsConfig>,
+    pub http: HttpConfig,
+    /// Chunks kept for viewers that fall behind.
+    pub viewer_buffer: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            input: Input::demo(),
+            passthrough: false,
+            token: String::new(),
+            pipeline: PipelineConfig::default(),
+            hls: Some(HlsConfig::default()),
+            http: HttpConfig::default(),
+            viewer_buffer: crate::hub::DEFAULT_CHANNEL_CAPACITY,
+        }
+    }
+}
+
+/// A built server, ready to run. See the module docs.
+pub struct Server {
+    app: App,
+    input: Option<Input>,
+    pipelines: Vec<Pipeline>,
+}
+
+impl Server {
+    /// Builds every part (hub, HLS mirror, pipeline or remuxer, slot, routes' state) without
+    /// listening yet.
+    pub fn new(config: ServerConfig) -> Result<Self, ServerError> {
+        let hub = Hub::new(config.viewer_buffer);
+        let hls = match &config.hls {
+            Some(hls) => {
+                let mirror = HlsMirror::start(hls.clone())?;
+                tracing::info!(dir = %mirror.dir().display(), "HLS mirror writing segments");
+                Some(Arc::new(mirror))
+            }
+            None => None,
+        };
+        let mut pipelines = Vec::new();
+        let slot = if config.passthrough {
+            // Viewers get the source's own WebM; a decode-only pipeline feeds the HLS mirror.
+            let mirror = match &hls {
+                Some(hls) => Some(Pipeline::start(
+                    hub.clone(),
+                    PipelineConfig {
+                        mode: Mode::MirrorOnly,
+                        ..config.pipeline.clone()
+                    },
+                    Some(hls.clone()),
+                )?),
+                None => None,
+            };
+            pipelines.extend(mirror.clone());
+            Slot::new(Target::remux(hub.clone()), mirror)
+        } else {
+            let pipeline = Pipeline::start(
+                hub.clone(),
+                PipelineConfig {
+                    mode: Mode::Annotate,
+                    ..config.pipeline.clone()
+                },
+                hls.clone(),
+            )?;
+            pipelines.push(pipeline.clone());
+            Slot::new(Target::Pipeline(pipeline), None)
+        };
+        let app = App {
+            hub,
+            slot,
+            publishing: Arc::new(Publishing::new(config.token.clone())),
+            hls,
+            config: Arc::new(config.http.clone()),
+        };
+        Ok(Server {
+            app,
+            input: Some(config.input),
+            pipelines,
+        })
+    }
+
+    /// Starts with no input: the stream waits for a presenter.
+    pub fn without_input(mut self) -> Self {
+        self.input = None;
+        self
+    }
+
+    /// The state every route shares (hub, slot, HLS mirror, ...).
+    pub fn app(&self) -> &App {
+        &self.app
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then shuts everything down (see the
+    /// module docs). Tests bind `127.0.0.1:0` and read the port from the listener.
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) {
+        let Server {
+            app,
+            input,
+            pipelines,
+        } = self;
+        let input_task = input.map(|input| {
+            let slot = app.slot.clone();
+            tokio::spawn(async move {
+                // Errors are logged and shown in /api/status; the server keeps serving.
+                let _ = source::run(input, slot).await;
+            })
+        });
+        let (closing, closed) = tokio::sync::watch::channel(false);
+        let serving = warp::serve(http::routes(app.clone()))
+            .incoming(listener)
+            .graceful(async move {
+                let mut closed = closed;
+                let _ = closed.wait_for(|closed| *closed).await;
+            })
+            .run();
+        tokio::pin!(serving);
+        tokio::select! {
+            _ = &mut serving => {}
+            _ = shutdown => {}
+        }
+        tracing::info!("shutting down");
+        app.slot.close();
+        app.hub.close();
+        closing.send_replace(true);
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut serving)
+            .await
+            .is_err()
+        {
+            tracing::info!("connections still open after the grace period; closing them");
+        }
+        if let Some(task) = input_task {
+            task.abort();
+        }
+        let stopping = tokio::task::spawn_blocking(move || {
+            for pipeline in &pipelines {
+                pipeline.stop();
+            }
+            if let Some(mirror) = &app.hls {
+                mirror.stop();
+            }
+        });
+        if tokio::time::timeout(Duration::from_secs(1), stopping)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the pipeline did not stop within 1 s");
+        }
+        tracing::info!("stopped");
+    }
+}
