@@ -1,42 +1,27 @@
 // lenscast presenter: camera preview, and MediaRecorder's WebM uploaded over /ws/publish.
-//
-// The server parses the upload as one continuous WebM byte stream, so chunks go out as they
-// come, in order, wherever the recorder happened to cut them. Every second the server answers
-// with a text message {"type":"stats","received_bytes":N,"pipeline":{fps_in, faces_last, ...}}.
-// When it turns the stream away it closes the socket with a code (1003 unsupported data,
-// 1008 policy) and a reason, which the page shows.
+// What goes over the socket each way, and the close codes, are described in constants.js.
 //
 // With ?clock=1 the page records a canvas instead of the camera: each frame is the camera image
 // with Date.now() drawn as black and white cells in the bottom-left corner, which the viewer page
 // (also with ?clock=1) reads back to measure glass-to-glass latency.
 
-const TIMESLICE_MS = 100; // how often the recorder hands over a chunk: bounds the upload's delay
-// Viewers join at keyframes and the server follows the presenter's, so this bounds a join.
-const KEYFRAME_INTERVAL_MS = 1000;
-const VIDEO_BITS_PER_SECOND = 1_500_000;
-const MAX_BUFFERED_BYTES = 8 * 1024 * 1024; // more than this waiting to be sent: the link is too slow
-const STOP_FLUSH_MS = 1000; // how long Stop waits for the recorder's last chunk
-const CLOCK_FPS = 30;
-
-// First supported wins. The server decodes VP8 fastest; opus variants only with a microphone.
-const MIME_PREFERENCE = [
-  'video/webm;codecs=vp8,opus',
-  'video/webm;codecs=vp8',
-  'video/webm;codecs=vp9,opus',
-  'video/webm;codecs=vp9',
-  'video/webm;codecs=h264,opus',
-  'video/webm;codecs=h264',
-  'video/webm',
-];
-
-// The timestamp strip: 16 x 4 cells of 16 x 16 px at the bottom-left, away from the face boxes.
-// Rows 0-1 hold the low 32 bits of Date.now(), most significant first; rows 2-3 the same bits
-// inverted, so a reader can tell a clean frame from one that compression smeared. Cells are
-// whole 16 x 16 macroblocks in pure black or white, which survives two VP8 encodes.
-// viewer.js (readClock) decodes this layout: keep the two in step.
-const CLOCK_CELL = 16;
-const CLOCK_COLUMNS = 16;
-const CLOCK_BITS = 32;
+import {
+  CLOCK_BITS,
+  CLOCK_CELL,
+  CLOCK_COLUMNS,
+  CLOCK_FPS,
+  CLOSE,
+  CLOSE_REASON_MAX,
+  KEYFRAME_INTERVAL_MS,
+  MAX_UNSENT_BYTES,
+  MESSAGE,
+  PUBLISH_PATH,
+  PUBLISH_REFUSALS,
+  RECORDER_MIMES,
+  STOP_FLUSH_MS,
+  TIMESLICE_MS,
+  VIDEO_BITS_PER_SECOND,
+} from './constants.js';
 
 const params = new URLSearchParams(location.search);
 const token = params.get('token') ?? '';
@@ -129,12 +114,12 @@ function recordedStream() {
 
 function chooseMime(hasAudio) {
   if (!window.MediaRecorder) return null;
-  const usable = MIME_PREFERENCE.filter((mime) => hasAudio || !mime.includes('opus'));
+  const usable = RECORDER_MIMES.filter((mime) => hasAudio || !mime.includes('opus'));
   return usable.find((mime) => MediaRecorder.isTypeSupported(mime)) ?? '';
 }
 
 function publishUrl(scheme) {
-  const url = new URL('/ws/publish', location.href);
+  const url = new URL(PUBLISH_PATH, location.href);
   url.protocol = scheme;
   url.searchParams.set('token', token);
   if (takeoverBox.checked) url.searchParams.set('takeover', '1');
@@ -181,7 +166,7 @@ function startRecording(session) {
     recorder.onerror = (event) => fail(session, 'disconnected', `recorder error: ${event.error?.message}`);
     // After Stop the last chunk has been handed over by now; otherwise the camera went away.
     recorder.onstop = () => {
-      if (session.stopping) session.ws.close(1000, 'presenter stopped');
+      if (session.stopping) session.ws.close(CLOSE.NORMAL, 'presenter stopped');
       else fail(session, 'disconnected', 'the recorder stopped (camera gone?)');
     };
     recorder.start(TIMESLICE_MS);
@@ -198,7 +183,7 @@ function send(session, blob) {
   const { ws } = session;
   if (!blob.size || ws.readyState !== WebSocket.OPEN) return;
   // Unsent data only grows on a link slower than the recording: better to stop than to lag.
-  if (ws.bufferedAmount > MAX_BUFFERED_BYTES) {
+  if (ws.bufferedAmount > MAX_UNSENT_BYTES) {
     const waiting = (ws.bufferedAmount / 1024 / 1024).toFixed(1);
     fail(session, 'disconnected', `upload too slow (${waiting} MB not yet sent)`);
     return;
@@ -217,9 +202,9 @@ function stop() {
   if (session.recorder?.state === 'recording') {
     session.recorder.stop();
     // Should the recorder never say it stopped, close anyway.
-    setTimeout(() => session.ws.close(1000, 'presenter stopped'), STOP_FLUSH_MS);
+    setTimeout(() => session.ws.close(CLOSE.NORMAL, 'presenter stopped'), STOP_FLUSH_MS);
   } else {
-    session.ws.close(1000, 'presenter stopped');
+    session.ws.close(CLOSE.NORMAL, 'presenter stopped');
   }
 }
 
@@ -229,7 +214,7 @@ function fail(session, state, reason) {
   session.failure = { state, reason };
   session.stopping = true;
   stopRecorder(session);
-  session.ws.close(1000, reason.slice(0, 120));
+  session.ws.close(CLOSE.NORMAL, reason.slice(0, CLOSE_REASON_MAX));
   // Show it at once; the close event, when it comes, keeps what was shown.
   presenter.reason = reason;
   setState(state);
@@ -258,9 +243,9 @@ async function onClose(session, event) {
     // over plain HTTP to learn the status code and the server's reason.
     state = 'refused';
     reason = await whyRefused();
-  } else if (event.code === 1000 || event.code === 1001) {
+  } else if (event.code === CLOSE.NORMAL || event.code === CLOSE.GOING_AWAY) {
     reason = event.reason || 'the server ended the broadcast';
-  } else if (event.code === 1006) {
+  } else if (event.code === CLOSE.ABNORMAL) {
     reason = 'connection lost';
   } else {
     state = 'refused';
@@ -275,7 +260,7 @@ async function whyRefused() {
   try {
     const response = await fetch(publishUrl(location.protocol), { cache: 'no-store' });
     // Only these statuses come from the publish rules; anything else is about the plain GET.
-    if ([401, 403, 409].includes(response.status)) {
+    if (PUBLISH_REFUSALS.includes(response.status)) {
       return `${response.status} ${(await response.text()).trim()}`;
     }
     return 'refused or unreachable';
@@ -292,7 +277,7 @@ function onText(text) {
     return;
   }
   // Other message types are for newer pages; ignoring them keeps old pages working.
-  if (msg.type !== 'stats') return;
+  if (msg.type !== MESSAGE.STATS) return;
   presenter.lastStats = msg;
   render();
 }

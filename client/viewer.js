@@ -1,27 +1,41 @@
 // lenscast viewer: plays the live WebM stream from /ws/view through Media Source Extensions,
 // or the server's HLS mirror where MSE cannot take WebM (or with /?hls). hls.html imports
 // `playHls` from here; the viewer itself starts only on the page marked data-page="viewer".
-//
-// Protocol: before every init segment the server sends a text message
-//   {"type":"init","mime":"video/webm; codecs=\"vp8,opus\"","width":640,"height":480}
-// and the next binary message is that init segment. Every later binary message is media
-// (Clusters), to be appended as-is. A viewer always starts at a Cluster that begins with a video
-// keyframe, and Cluster timestamps only move forward, even across source restarts.
+// The messages on /ws/view are described in constants.js.
 
-const JUMP_BEHIND = 3; // seconds behind the live edge after which we jump instead of catching up
-const JUMP_TARGET = 0.3; // where a jump lands, in seconds behind the live edge
-const CATCH_UP_BEHIND = 0.5; // further behind than this, play slightly faster...
-const CAUGHT_UP_BEHIND = 0.25; // ...until closer than this
-const CATCH_UP_RATE = 1.1; // gentle enough that audio pitch change is barely audible
-const KEEP_PLAYED = 10; // seconds of played media kept, so hours of playback fit the quota
-const TRIM_EVERY_MS = 5000;
-const QUOTA_RETRIES = 10; // QuotaExceededError retries before starting over
-const QUOTA_RETRY_MS = 500;
-const MAX_QUEUED_BYTES = 8 * 1024 * 1024; // a viewer this far behind should rejoin at a keyframe
-const BACKOFF_MIN_MS = 500;
-const BACKOFF_MAX_MS = 10000;
-const STATUS_POLL_MS = 2000;
-const TICK_MS = 250;
+import {
+  BACKOFF_MAX_MS,
+  BACKOFF_MIN_MS,
+  BASELINE_WEBM_MIME,
+  CATCH_UP_BEHIND,
+  CATCH_UP_RATE,
+  CAUGHT_UP_BEHIND,
+  CLOCK_BITS,
+  CLOCK_CELL,
+  CLOCK_COLUMNS,
+  CLOCK_MAX_MS,
+  CLOCK_READ_MS,
+  CLOCK_SAMPLES_KEPT,
+  HLS_JS,
+  HLS_JS_CONFIG,
+  HLS_MEDIA_RETRY_MS,
+  HLS_MIME,
+  HLS_PLAYLIST,
+  HLS_RETRY_MAX_MS,
+  HLS_RETRY_MIN_MS,
+  JUMP_BEHIND,
+  JUMP_TARGET,
+  KEEP_PLAYED,
+  MAX_QUEUED_BYTES,
+  MESSAGE,
+  QUOTA_RETRIES,
+  QUOTA_RETRY_MS,
+  STATUS_PATH,
+  STATUS_POLL_MS,
+  TICK_MS,
+  TRIM_EVERY_MS,
+  VIEW_PATH,
+} from './constants.js';
 
 // iOS Safari has only ManagedMediaSource; everything else has MediaSource.
 const MediaSourceImpl = window.MediaSource || window.ManagedMediaSource;
@@ -170,7 +184,7 @@ let autoplayRefused = false;
 
 function connect() {
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  const ws = new WebSocket(`${scheme}//${location.host}/ws/view`);
+  const ws = new WebSocket(`${scheme}//${location.host}${VIEW_PATH}`);
   ws.binaryType = 'arraybuffer';
   // Events from a socket we already gave up on must not touch the new one.
   ws.onopen = () => socket === ws && setState('waiting');
@@ -192,7 +206,7 @@ function onText(text) {
   } catch {
     return;
   }
-  if (msg.type === 'init') onInit(msg);
+  if (msg.type === MESSAGE.INIT) onInit(msg);
   // Other message types are for newer pages; ignoring them keeps old pages working.
 }
 
@@ -312,7 +326,7 @@ function onPlayClick() {
 async function pollStatus() {
   let status = null;
   try {
-    const response = await fetch('/api/status', { cache: 'no-store' });
+    const response = await fetch(STATUS_PATH, { cache: 'no-store' });
     if (response.ok) status = await response.json();
   } catch {
     // The server is away; the socket's reconnect loop deals with that.
@@ -355,9 +369,7 @@ function trimPlayed() {
 function hlsReason() {
   if (new URLSearchParams(location.search).has('hls')) return 'asked for with ?hls';
   if (!MediaSourceImpl) return 'no Media Source Extensions';
-  // Every stream the server sends starts as VP8 (the demo, the annotated output), so this is
-  // the least a browser's MSE must take.
-  if (!MediaSourceImpl.isTypeSupported('video/webm; codecs="vp8"')) return 'no WebM in Media Source Extensions';
+  if (!MediaSourceImpl.isTypeSupported(BASELINE_WEBM_MIME)) return 'no WebM in Media Source Extensions';
   return null;
 }
 
@@ -396,16 +408,9 @@ function startViewer() {
 
 // Glass-to-glass latency, opt-in with ?clock=1. The presenter page with ?clock=1 stamps every
 // frame with the low 32 bits of Date.now() as black and white cells in the bottom-left corner
-// (see drawClock in present.js for the layout). Reading the stamp off the picture on screen gives
+// (the layout is described in constants.js). Reading the stamp off the picture on screen gives
 // the age of what the viewer sees: camera, recorder, upload, server, MSE and playback together.
 // Only meaningful when presenter and viewer share a clock (the same machine, as in the tests).
-
-const CLOCK_READ_MS = 200;
-const CLOCK_SAMPLES_KEPT = 200;
-const CLOCK_MAX_MS = 60000; // older than this is a misread, not latency
-const CLOCK_CELL = 16;
-const CLOCK_COLUMNS = 16;
-const CLOCK_BITS = 32;
 
 /** Decodes the strip from its pixels (RGBA, CLOCK_COLUMNS cells wide); null if unreadable. */
 function readClock(pixels, width) {
@@ -456,22 +461,6 @@ function startClockReader() {
 
 // HLS: the server's H.264 mirror (1 s MPEG-TS segments, a sliding playlist with
 // PROGRAM-DATE-TIME), for browsers whose MSE cannot take WebM, for /?hls and for hls.html.
-
-const HLS_PLAYLIST = '/hls/live.m3u8';
-const HLS_JS = '/vendor/hls.min.js'; // hls.js from npm, served by lenscast (no CDN)
-const HLS_MIME = 'application/vnd.apple.mpegurl';
-/** hls.js settings for a live playlist of 1 s segments. */
-const HLS_JS_CONFIG = {
-  enableWorker: true, // demux TS off the main thread
-  lowLatencyMode: false, // the mirror writes whole segments, no LL-HLS parts to load
-  liveSyncDurationCount: 2, // start two segments behind the playlist's newest end...
-  liveMaxLatencyDurationCount: 5, // ...jump back to that point when five behind...
-  maxLiveSyncPlaybackRate: 1.2, // ...and play up to 20 % faster to close smaller gaps
-  backBufferLength: 10, // seconds of played media kept, so the buffer never fills up
-};
-const HLS_RETRY_MIN_MS = 1000;
-const HLS_RETRY_MAX_MS = 10000;
-const HLS_MEDIA_RETRY_MS = 5000; // a second media error sooner than this: start over
 
 /**
  * Plays the HLS mirror in `video`: with hls.js where it works, natively where only that does.
