@@ -37,6 +37,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../client/present.js"),
     ),
     (
+        "hls-player.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../client/hls-player.js"),
+    ),
+    (
         "constants.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../client/constants.js"),
