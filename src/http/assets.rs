@@ -37,6 +37,16 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../client/present.js"),
     ),
     (
+        "mse-player.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../client/mse-player.js"),
+    ),
+    (
+        "latency-clock.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../client/latency-clock.js"),
+    ),
+    (
         "hls-player.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../client/hls-player.js"),
