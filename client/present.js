@@ -5,10 +5,8 @@
 // with Date.now() drawn as black and white cells in the bottom-left corner, which the viewer page
 // (also with ?clock=1) reads back to measure glass-to-glass latency.
 
+import { stampedCanvas } from './clock-stamp.js';
 import {
-  CLOCK_BITS,
-  CLOCK_CELL,
-  CLOCK_COLUMNS,
   CLOCK_FPS,
   CLOSE,
   CLOSE_REASON_MAX,
@@ -71,38 +69,8 @@ async function openCamera() {
     }
   }
   preview.srcObject = camera;
-  if (clockMode) startClock();
+  if (clockMode) clockCanvas = stampedCanvas(preview);
   startButton.disabled = false;
-}
-
-/** Clock mode: redraws the camera image and the timestamp strip onto a canvas, frame by frame. */
-function startClock() {
-  clockCanvas = document.createElement('canvas');
-  const ctx = clockCanvas.getContext('2d');
-  const draw = () => {
-    if (preview.videoWidth) {
-      if (clockCanvas.width !== preview.videoWidth) clockCanvas.width = preview.videoWidth;
-      if (clockCanvas.height !== preview.videoHeight) clockCanvas.height = preview.videoHeight;
-      ctx.drawImage(preview, 0, 0);
-      drawClock(ctx, clockCanvas.height, Date.now() % 2 ** 32);
-    }
-  };
-  // A timer rather than requestAnimationFrame, which stops entirely while the tab is hidden.
-  setInterval(draw, 1000 / CLOCK_FPS);
-}
-
-/** Draws `stamp` (32 bits) as the strip of cells at the bottom-left of a `height` px frame. */
-function drawClock(ctx, height, stamp) {
-  const rows = (2 * CLOCK_BITS) / CLOCK_COLUMNS;
-  const top = height - rows * CLOCK_CELL;
-  for (let i = 0; i < 2 * CLOCK_BITS; i++) {
-    const bit = (stamp >>> (CLOCK_BITS - 1 - (i % CLOCK_BITS))) & 1;
-    const white = i < CLOCK_BITS ? bit : 1 - bit;
-    ctx.fillStyle = white ? '#fff' : '#000';
-    const x = (i % CLOCK_COLUMNS) * CLOCK_CELL;
-    const y = top + Math.floor(i / CLOCK_COLUMNS) * CLOCK_CELL;
-    ctx.fillRect(x, y, CLOCK_CELL, CLOCK_CELL);
-  }
 }
 
 /** The stream to record: the camera, or in clock mode the stamped canvas plus the microphone. */

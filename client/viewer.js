@@ -2,16 +2,8 @@
 // server's HLS mirror where MSE cannot take WebM (or with /?hls), and shows what it is doing in
 // the status line, the message and the play overlay.
 
-import {
-  CLOCK_BITS,
-  CLOCK_CELL,
-  CLOCK_COLUMNS,
-  CLOCK_MAX_MS,
-  CLOCK_READ_MS,
-  CLOCK_SAMPLES_KEPT,
-  STATUS_PATH,
-  STATUS_POLL_MS,
-} from './constants.js';
+import { readStamps } from './clock-stamp.js';
+import { STATUS_PATH, STATUS_POLL_MS } from './constants.js';
 import { playHls } from './hls-player.js';
 import { MsePlayer, whyNoMse } from './mse-player.js';
 
@@ -122,60 +114,8 @@ function startViewer() {
   else startMse();
   setInterval(pollStatus, STATUS_POLL_MS);
   pollStatus();
-  if (new URLSearchParams(location.search).get('clock') === '1') startClockReader();
-}
-
-// Glass-to-glass latency, opt-in with ?clock=1. The presenter page with ?clock=1 stamps every
-// frame with the low 32 bits of Date.now() as black and white cells in the bottom-left corner
-// (the layout is described in constants.js). Reading the stamp off the picture on screen gives
-// the age of what the viewer sees: camera, recorder, upload, server, MSE and playback together.
-// Only meaningful when presenter and viewer share a clock (the same machine, as in the tests).
-
-/** Decodes the strip from its pixels (RGBA, CLOCK_COLUMNS cells wide); null if unreadable. */
-function readClock(pixels, width) {
-  const bits = [];
-  for (let i = 0; i < 2 * CLOCK_BITS; i++) {
-    // The mean luma of the cell's central 8 x 8 pixels, away from edges that compression blurs.
-    const left = (i % CLOCK_COLUMNS) * CLOCK_CELL + CLOCK_CELL / 4;
-    const top = Math.floor(i / CLOCK_COLUMNS) * CLOCK_CELL + CLOCK_CELL / 4;
-    let sum = 0;
-    for (let y = top; y < top + CLOCK_CELL / 2; y++) {
-      for (let x = left; x < left + CLOCK_CELL / 2; x++) {
-        const at = (y * width + x) * 4;
-        sum += 0.299 * pixels[at] + 0.587 * pixels[at + 1] + 0.114 * pixels[at + 2];
-      }
-    }
-    bits.push(sum / (CLOCK_CELL * CLOCK_CELL / 4) > 128 ? 1 : 0);
-  }
-  let stamp = 0;
-  for (let i = 0; i < CLOCK_BITS; i++) {
-    // The second half repeats the bits inverted: a cell that agrees with its twin is a misread.
-    if (bits[i] === bits[i + CLOCK_BITS]) return null;
-    stamp = stamp * 2 + bits[i];
-  }
-  return stamp;
-}
-
-function startClockReader() {
-  const samples = [];
-  lenscast.glassToGlassMs = samples;
-  const canvas = document.createElement('canvas');
-  canvas.width = CLOCK_COLUMNS * CLOCK_CELL;
-  canvas.height = ((2 * CLOCK_BITS) / CLOCK_COLUMNS) * CLOCK_CELL;
-  const ctx = canvas.getContext('2d', { willReadFrequently: true });
-  setInterval(() => {
-    // A paused or stalled picture is old for a reason the clock cannot see: no sample.
-    if (video.paused || video.readyState < HTMLMediaElement.HAVE_CURRENT_DATA) return;
-    const top = video.videoHeight - canvas.height;
-    if (top < 0 || video.videoWidth < canvas.width) return;
-    ctx.drawImage(video, 0, top, canvas.width, canvas.height, 0, 0, canvas.width, canvas.height);
-    const stamp = readClock(ctx.getImageData(0, 0, canvas.width, canvas.height).data, canvas.width);
-    if (stamp === null) return;
-    const ageMs = (Date.now() % 2 ** 32 - stamp + 2 ** 32) % 2 ** 32;
-    if (ageMs > CLOCK_MAX_MS) return;
-    samples.push(ageMs);
-    if (samples.length > CLOCK_SAMPLES_KEPT) samples.shift();
-  }, CLOCK_READ_MS);
+  // Glass-to-glass latency, with the presenter page's ?clock=1 (see clock-stamp.js).
+  if (new URLSearchParams(location.search).get('clock') === '1') lenscast.glassToGlassMs = readStamps(video);
 }
 
 startViewer();

@@ -52,6 +52,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../client/hls-player.js"),
     ),
     (
+        "clock-stamp.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../client/clock-stamp.js"),
+    ),
+    (
         "constants.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../client/constants.js"),
