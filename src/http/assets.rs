@@ -37,6 +37,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../client/present.js"),
     ),
     (
+        "publisher.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../client/publisher.js"),
+    ),
+    (
         "mse-player.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../client/mse-player.js"),
