@@ -57,6 +57,16 @@ export const HLS_JS = '/vendor/hls.min.js';
 /** The "type" of each text message. */
 export const MESSAGE = Object.freeze({ INIT: 'init', STATS: 'stats' });
 
+/** A text message as an object; null for text that is not a JSON object, which pages ignore. */
+export function parseMessage(text) {
+  try {
+    const msg = JSON.parse(text);
+    return msg !== null && typeof msg === 'object' ? msg : null;
+  } catch {
+    return null;
+  }
+}
+
 /** WebSocket close codes both sides use (1001 and 1006 come from browsers, never the server). */
 export const CLOSE = Object.freeze({
   NORMAL: 1000,
@@ -70,13 +80,16 @@ export const CLOSE_REASON_MAX = 120;
 /** HTTP statuses of the publish rules; any other answer to the plain GET is about the GET. */
 export const PUBLISH_REFUSALS = Object.freeze([401, 403, 409]);
 
+// ## The viewer: both players
+
+/** How often a player checks playback (MSE: gaps, live edge, autoplay; HLS: its figures). */
+export const TICK_MS = 250;
+
 // ## The viewer: MSE player
 
 /** Every stream the server sends starts as VP8 (the demo, the annotated output), so this is
  *  the least a browser's MSE must take for the WebM stream. */
 export const BASELINE_WEBM_MIME = 'video/webm; codecs="vp8"';
-/** How often the player checks playback (gaps, live edge, autoplay). */
-export const TICK_MS = 250;
 /** Seconds of played media kept, so hours of playback fit the SourceBuffer's quota. */
 export const KEEP_PLAYED = 10;
 /** How often played media is removed. */

@@ -9,6 +9,7 @@ import {
   KEEP_PLAYED,
   MAX_QUEUED_BYTES,
   MESSAGE,
+  parseMessage,
   QUOTA_RETRIES,
   QUOTA_RETRY_MS,
   TICK_MS,
@@ -214,13 +215,8 @@ export class MsePlayer {
   }
 
   onText(text) {
-    let msg;
-    try {
-      msg = JSON.parse(text);
-    } catch {
-      return;
-    }
-    if (msg.type === MESSAGE.INIT) this.onInit(msg);
+    const msg = parseMessage(text);
+    if (msg?.type === MESSAGE.INIT) this.onInit(msg);
     // Other message types are for newer pages; ignoring them keeps old pages working.
   }
 
@@ -291,7 +287,9 @@ export class MsePlayer {
     this.state.behindLive = this.clock.behindLive;
     if (video.paused && !this.state.autoplayRefused) this.tryPlay();
     this.lastTime = video.currentTime;
-    if (this.socket?.readyState === WebSocket.OPEN) this.state.state = stuck || video.paused ? 'waiting' : 'playing';
+    if (this.socket?.readyState === WebSocket.OPEN) {
+      this.state.state = stuck || video.paused ? 'waiting' : 'playing';
+    }
     this.changed();
   }
 

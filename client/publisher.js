@@ -11,6 +11,7 @@ import {
   KEYFRAME_INTERVAL_MS,
   MAX_UNSENT_BYTES,
   MESSAGE,
+  parseMessage,
   PUBLISH_PATH,
   PUBLISH_REFUSALS,
   RECORDER_MIMES,
@@ -85,7 +86,9 @@ export class Publisher {
       session.opened = true;
       this.startRecording(session, record());
     };
-    ws.onmessage = (event) => this.broadcast === session && typeof event.data === 'string' && this.onText(event.data);
+    ws.onmessage = (event) => {
+      if (this.broadcast === session && typeof event.data === 'string') this.onText(event.data);
+    };
     // An error is always followed by close, so close alone handles both.
     ws.onclose = (event) => this.broadcast === session && this.onClose(session, event);
   }
@@ -212,14 +215,9 @@ export class Publisher {
   }
 
   onText(text) {
-    let msg;
-    try {
-      msg = JSON.parse(text);
-    } catch {
-      return;
-    }
+    const msg = parseMessage(text);
     // Other message types are for newer pages; ignoring them keeps old pages working.
-    if (msg.type !== MESSAGE.STATS) return;
+    if (msg?.type !== MESSAGE.STATS) return;
     this.state.lastStats = msg;
     this.changed();
   }

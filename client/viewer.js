@@ -39,8 +39,8 @@ function startMse() {
     lenscast.appendedBytes = mse.appendedBytes;
     stage.classList.toggle('audio-only', mse.audioOnly);
     playOverlay.hidden = !mse.autoplayRefused;
-    const unsupported = mse.unsupportedMime;
-    showMessage(unsupported ? `This browser cannot play ${unsupported} (Media Source Extensions). Try Chrome or Firefox.` : null);
+    const mime = mse.unsupportedMime;
+    showMessage(mime && `This browser cannot play ${mime} (Media Source Extensions). Try Chrome or Firefox.`);
     renderStatus();
   });
   msePlayer.start();
