@@ -1,33 +1,12 @@
-// lenscast viewer: plays the live WebM stream from /ws/view through Media Source Extensions,
-// or the server's HLS mirror where MSE cannot take WebM (or with /?hls). hls.html imports
-// `playHls` from here; the viewer itself starts only on the page marked data-page="viewer".
-//
-// Protocol: before every init segment the server sends a text message
-//   {"type":"init","mime":"video/webm; codecs=\"vp8,opus\"","width":640,"height":480}
-// and the next binary message is that init segment. Every later binary message is media
-// (Clusters), to be appended as-is. A viewer always starts at a Cluster that begins with a video
-// keyframe, and Cluster timestamps only move forward, even across source restarts.
+// lenscast viewer page: plays the live WebM stream from /ws/view with the MSE player, or the
+// server's HLS mirror where MSE cannot take WebM (or with /?hls), and shows what it is doing in
+// the status line, the message and the play overlay.
 
-const JUMP_BEHIND = 3; // seconds behind the live edge after which we jump instead of catching up
-const JUMP_TARGET = 0.3; // where a jump lands, in seconds behind the live edge
-const CATCH_UP_BEHIND = 0.5; // further behind than this, play slightly faster...
-const CAUGHT_UP_BEHIND = 0.25; // ...until closer than this
-const CATCH_UP_RATE = 1.1; // gentle enough that audio pitch change is barely audible
-const KEEP_PLAYED = 10; // seconds of played media kept, so hours of playback fit the quota
-const TRIM_EVERY_MS = 5000;
-const QUOTA_RETRIES = 10; // QuotaExceededError retries before starting over
-const QUOTA_RETRY_MS = 500;
-const MAX_QUEUED_BYTES = 8 * 1024 * 1024; // a viewer this far behind should rejoin at a keyframe
-const BACKOFF_MIN_MS = 500;
-const BACKOFF_MAX_MS = 10000;
-const STATUS_POLL_MS = 2000;
-const TICK_MS = 250;
+import { readStamps } from './clock-stamp.js';
+import { STATUS_PATH, STATUS_POLL_MS } from './constants.js';
+import { playHls } from './hls-player.js';
+import { MsePlayer, whyNoMse } from './mse-player.js';
 
-// iOS Safari has only ManagedMediaSource; everything else has MediaSource.
-const MediaSourceImpl = window.MediaSource || window.ManagedMediaSource;
-
-// hls.html imports this module too: there the lookups below find its own elements or null,
-// and nothing uses them unless startViewer() runs.
 const video = document.getElementById('video');
 const stage = document.getElementById('stage');
 const statusLine = document.getElementById('status');
@@ -47,264 +26,31 @@ const lenscast = {
   source: null, // the server's source state from /api/status
 };
 
-/** One MediaSource + SourceBuffer for one mime type. Replaced when the mime type changes. */
-class Player {
-  constructor(mime, onFatal) {
-    this.mime = mime;
-    this.onFatal = onFatal;
-    this.queue = []; // { init: bool, bytes: Uint8Array }, waiting for the SourceBuffer
-    this.queuedBytes = 0;
-    this.removeRange = null; // [start, end] to remove before the next append
-    this.quotaRetries = 0;
-    this.sourceBuffer = null;
-    this.closed = false;
-    this.mediaSource = new MediaSourceImpl();
-    this.mediaSource.addEventListener('sourceopen', () => this.open(), { once: true });
-    video.disableRemotePlayback = true; // required by ManagedMediaSource, harmless elsewhere
-    video.src = URL.createObjectURL(this.mediaSource);
-  }
+let msePlayer = null;
 
-  open() {
-    if (this.closed) return;
-    URL.revokeObjectURL(video.src);
-    try {
-      this.sourceBuffer = this.mediaSource.addSourceBuffer(this.mime);
-    } catch (err) {
-      this.onFatal(`cannot play ${this.mime}: ${err.message}`);
-      return;
-    }
-    // The server's timestamps only move forward, so they can be used as they are.
-    this.sourceBuffer.mode = 'segments';
-    this.sourceBuffer.addEventListener('updateend', () => this.pump());
-    this.pump();
-  }
-
-  /** Queues bytes for the SourceBuffer. Returns false if the queue is over its budget. */
-  append(bytes, init) {
-    this.queue.push({ init, bytes: new Uint8Array(bytes) });
-    this.queuedBytes += bytes.byteLength;
-    this.pump();
-    return this.queuedBytes <= MAX_QUEUED_BYTES;
-  }
-
-  /** Asks for played media to be removed, so the SourceBuffer never fills up. */
-  trim(keepSeconds) {
-    // After a media error the MediaSource closes, and reading `buffered` would throw.
-    if (this.mediaSource.readyState !== 'open' || !this.sourceBuffer || this.removeRange) return false;
-    const buffered = this.sourceBuffer.buffered;
-    if (!buffered.length) return false;
-    const start = buffered.start(0);
-    const end = video.currentTime - keepSeconds;
-    if (end <= start + 0.5) return false;
-    this.removeRange = [start, end];
-    this.pump();
-    return true;
-  }
-
-  /** Feeds the SourceBuffer one operation at a time: it accepts nothing while updating. */
-  pump() {
-    const sb = this.sourceBuffer;
-    if (this.closed || !sb || sb.updating) return;
-    if (this.removeRange) {
-      const [start, end] = this.removeRange;
-      this.removeRange = null;
-      sb.remove(start, end);
-      return;
-    }
-    const op = this.takeNext();
-    if (!op) return;
-    try {
-      // A new init segment starts a new stream: forget any half-parsed Cluster first.
-      if (op.init) sb.abort();
-      sb.appendBuffer(op.bytes);
-    } catch (err) {
-      this.queue.unshift(op);
-      this.onAppendError(err);
-      return;
-    }
-    this.queuedBytes -= op.bytes.byteLength;
-    this.quotaRetries = 0;
-    lenscast.appendedBytes += op.bytes.byteLength;
-  }
-
-  /** The next operation, with consecutive media chunks merged: one append costs less than many. */
-  takeNext() {
-    const first = this.queue.shift();
-    if (!first || first.init || !this.queue.length || this.queue[0].init) return first;
-    let end = 0;
-    while (end < this.queue.length && !this.queue[end].init) end++;
-    const parts = [first, ...this.queue.splice(0, end)];
-    const bytes = new Uint8Array(parts.reduce((n, part) => n + part.bytes.byteLength, 0));
-    let offset = 0;
-    for (const part of parts) {
-      bytes.set(part.bytes, offset);
-      offset += part.bytes.byteLength;
-    }
-    return { init: false, bytes };
-  }
-
-  onAppendError(err) {
-    if (err.name !== 'QuotaExceededError' || this.quotaRetries++ >= QUOTA_RETRIES) {
-      this.onFatal(`append failed: ${err.name} ${err.message}`);
-      return;
-    }
-    // The browser's buffer is full despite trimming. Free all but a second of what has been
-    // played, or if there is nothing to free, let playback use some up; then retry the same bytes.
-    if (!this.trim(1)) setTimeout(() => this.pump(), QUOTA_RETRY_MS);
-  }
-
-  close() {
-    this.closed = true;
-    this.queue = [];
-    video.removeAttribute('src');
-    video.load();
-  }
-}
-
-let socket = null;
-let player = null;
-let expectInit = false; // the next binary message is an init segment
-let backoffMs = BACKOFF_MIN_MS;
-let lastTime = 0;
-let autoplayRefused = false;
-
-function connect() {
-  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  const ws = new WebSocket(`${scheme}//${location.host}/ws/view`);
-  ws.binaryType = 'arraybuffer';
-  // Events from a socket we already gave up on must not touch the new one.
-  ws.onopen = () => socket === ws && setState('waiting');
-  ws.onmessage = (event) => {
-    if (socket !== ws) return;
-    if (typeof event.data === 'string') onText(event.data);
-    else onBinary(event.data);
-  };
-  // An error is always followed by close, so close alone handles both.
-  ws.onclose = () => socket === ws && reconnect('connection closed');
-  socket = ws;
-  setState('connecting');
-}
-
-function onText(text) {
-  let msg;
-  try {
-    msg = JSON.parse(text);
-  } catch {
-    return;
-  }
-  if (msg.type === 'init') onInit(msg);
-  // Other message types are for newer pages; ignoring them keeps old pages working.
-}
-
-function onInit({ mime, width }) {
-  lenscast.mime = mime;
-  lenscast.audioOnly = width == null || mime.startsWith('audio/');
-  stage.classList.toggle('audio-only', lenscast.audioOnly);
-  if (!MediaSourceImpl.isTypeSupported(mime)) {
-    // Without a player, media is dropped until an init segment we can play.
-    player?.close();
-    player = null;
-    setState('unsupported');
-    showMessage(`This browser cannot play ${mime} (Media Source Extensions). Try Chrome or Firefox.`);
-    return;
-  }
-  showMessage(null);
-  // Same mime: MSE takes a new init segment in the same SourceBuffer (e.g. a resolution change).
-  // A new mime usually means other tracks (video gone, say), which changeType() cannot do, so
-  // start a new MediaSource.
-  if (!player || player.mime !== mime) {
-    player?.close();
-    player = new Player(mime, (why) => reconnect(why));
-  }
-  expectInit = true;
-}
-
-function onBinary(data) {
-  if (!player) return;
-  const init = expectInit;
-  expectInit = false;
-  if (!player.append(data, init)) {
-    reconnect('too far behind');
-    return;
-  }
-  if (!init) backoffMs = BACKOFF_MIN_MS; // media is flowing: the connection is good again
-}
-
-/** Drops the connection and the player, then connects again after a growing delay. */
-function reconnect(why) {
-  console.info(`lenscast: reconnecting (${why})`);
-  const ws = socket;
-  socket = null;
-  ws?.close();
-  player?.close();
-  player = null;
-  expectInit = false;
-  lenscast.reconnects++;
-  lenscast.behindLive = null;
-  setState('reconnecting');
-  setTimeout(connect, backoffMs);
-  backoffMs = Math.min(backoffMs * 2, BACKOFF_MAX_MS);
-}
-
-/** Runs a few times a second: keeps playback going and near the live edge. */
-function tick() {
-  const buffered = video.buffered;
-  if (!player || !buffered.length) return;
-  // Not moving although nobody paused or seeked: waiting for data, or stuck before a gap.
-  const stuck = !video.paused && !video.seeking && video.currentTime === lastTime;
-  skipGap(buffered, stuck);
-  followLiveEdge(buffered);
-  if (video.paused && !autoplayRefused) tryPlay();
-  lastTime = video.currentTime;
-  if (socket?.readyState === WebSocket.OPEN) setState(stuck || video.paused ? 'waiting' : 'playing');
-}
-
-/** Chrome does not play across a gap in the buffer: a viewer who joins mid-stream has nothing
- *  before its first Cluster, and a source restart or a skip to the next keyframe leaves a hole.
- *  Chrome even stops a few frames before the hole, so a stall with media ahead means: jump. */
-function skipGap(buffered, stuck) {
-  const t = video.currentTime;
-  let inside = false;
-  for (let i = 0; i < buffered.length; i++) {
-    if (buffered.start(i) <= t && t < buffered.end(i)) inside = true;
-    if (buffered.start(i) > t) {
-      if (!inside || stuck) {
-        console.info(`lenscast: skipping a gap, ${t.toFixed(2)} -> ${buffered.start(i).toFixed(2)} s`);
-        video.currentTime = buffered.start(i);
-      }
-      return;
-    }
-  }
-}
-
-function followLiveEdge(buffered) {
-  const end = buffered.end(buffered.length - 1);
-  if (end - video.currentTime > JUMP_BEHIND) {
-    console.info(`lenscast: ${(end - video.currentTime).toFixed(1)} s behind, jumping to live`);
-    video.currentTime = end - JUMP_TARGET;
-    video.playbackRate = 1;
-  }
-  const behind = end - video.currentTime;
-  lenscast.behindLive = Math.max(0, behind);
-  if (behind > CATCH_UP_BEHIND) video.playbackRate = CATCH_UP_RATE;
-  else if (behind < CAUGHT_UP_BEHIND) video.playbackRate = 1;
-}
-
-function tryPlay() {
-  video.play().catch((err) => {
-    // Autoplay refused: only a click may start playback now, so stop asking until then.
-    if (err.name === 'NotAllowedError') {
-      autoplayRefused = true;
-      playOverlay.hidden = false;
-    }
+/** Plays the WebM stream in this page, mirroring its state into `lenscast` and the page. */
+function startMse() {
+  msePlayer = new MsePlayer(video, (mse) => {
+    lenscast.state = mse.state;
+    lenscast.mime = mse.mime;
+    lenscast.audioOnly = mse.audioOnly;
+    lenscast.behindLive = mse.behindLive;
+    lenscast.reconnects = mse.reconnects;
+    lenscast.appendedBytes = mse.appendedBytes;
+    stage.classList.toggle('audio-only', mse.audioOnly);
+    playOverlay.hidden = !mse.autoplayRefused;
+    const mime = mse.unsupportedMime;
+    showMessage(mime && `This browser cannot play ${mime} (Media Source Extensions). Try Chrome or Firefox.`);
+    renderStatus();
   });
+  msePlayer.start();
 }
 
 function onPlayClick() {
   // The click is a user gesture, so sound is allowed too.
   video.muted = false;
   video.play().then(() => {
-    autoplayRefused = false;
+    msePlayer?.autoplayAllowed();
     playOverlay.hidden = true;
   }, () => {});
 }
@@ -312,19 +58,14 @@ function onPlayClick() {
 async function pollStatus() {
   let status = null;
   try {
-    const response = await fetch('/api/status', { cache: 'no-store' });
+    const response = await fetch(STATUS_PATH, { cache: 'no-store' });
     if (response.ok) status = await response.json();
   } catch {
-    // The server is away; the socket's reconnect loop deals with that.
+    // The server is away; the player's reconnect loop deals with that.
   }
   // Unknown rather than stale while the server does not answer.
   lenscast.viewers = status?.viewers ?? null;
   lenscast.source = status?.source?.state ?? null;
-  renderStatus();
-}
-
-function setState(state) {
-  lenscast.state = state;
   renderStatus();
 }
 
@@ -346,19 +87,10 @@ function showMessage(text) {
   message.textContent = text ?? '';
 }
 
-/** Removes played media now and then; without it, a long session hits QuotaExceededError. */
-function trimPlayed() {
-  player?.trim(KEEP_PLAYED);
-}
-
 /** Why this page should play the HLS mirror instead of the WebM stream; null for WebM. */
 function hlsReason() {
   if (new URLSearchParams(location.search).has('hls')) return 'asked for with ?hls';
-  if (!MediaSourceImpl) return 'no Media Source Extensions';
-  // Every stream the server sends starts as VP8 (the demo, the annotated output), so this is
-  // the least a browser's MSE must take.
-  if (!MediaSourceImpl.isTypeSupported('video/webm; codecs="vp8"')) return 'no WebM in Media Source Extensions';
-  return null;
+  return whyNoMse();
 }
 
 /** Plays the HLS mirror in this page, mirroring its state into `lenscast` and the status line. */
@@ -378,275 +110,12 @@ function startViewer() {
   window.lenscast = lenscast;
   playOverlay.addEventListener('click', onPlayClick);
   const why = hlsReason();
-  if (why) {
-    startHls(why);
-  } else {
-    // Chrome says it is waiting for data when it reaches a gap: jump at once, not a tick later.
-    video.addEventListener('waiting', () => player && !video.seeking && skipGap(video.buffered, true));
-    // A decode error leaves the element dead; a fresh MediaSource from a keyframe recovers.
-    video.addEventListener('error', () => player && reconnect(`media error ${video.error?.code}`));
-    connect();
-    setInterval(tick, TICK_MS);
-    setInterval(trimPlayed, TRIM_EVERY_MS);
-  }
+  if (why) startHls(why);
+  else startMse();
   setInterval(pollStatus, STATUS_POLL_MS);
   pollStatus();
-  if (new URLSearchParams(location.search).get('clock') === '1') startClockReader();
+  // Glass-to-glass latency, with the presenter page's ?clock=1 (see clock-stamp.js).
+  if (new URLSearchParams(location.search).get('clock') === '1') lenscast.glassToGlassMs = readStamps(video);
 }
 
-// Glass-to-glass latency, opt-in with ?clock=1. The presenter page with ?clock=1 stamps every
-// frame with the low 32 bits of Date.now() as black and white cells in the bottom-left corner
-// (see drawClock in present.js for the layout). Reading the stamp off the picture on screen gives
-// the age of what the viewer sees: camera, recorder, upload, server, MSE and playback together.
-// Only meaningful when presenter and viewer share a clock (the same machine, as in the tests).
-
-const CLOCK_READ_MS = 200;
-const CLOCK_SAMPLES_KEPT = 200;
-const CLOCK_MAX_MS = 60000; // older than this is a misread, not latency
-const CLOCK_CELL = 16;
-const CLOCK_COLUMNS = 16;
-const CLOCK_BITS = 32;
-
-/** Decodes the strip from its pixels (RGBA, CLOCK_COLUMNS cells wide); null if unreadable. */
-function readClock(pixels, width) {
-  const bits = [];
-  for (let i = 0; i < 2 * CLOCK_BITS; i++) {
-    // The mean luma of the cell's central 8 x 8 pixels, away from edges that compression blurs.
-    const left = (i % CLOCK_COLUMNS) * CLOCK_CELL + CLOCK_CELL / 4;
-    const top = Math.floor(i / CLOCK_COLUMNS) * CLOCK_CELL + CLOCK_CELL / 4;
-    let sum = 0;
-    for (let y = top; y < top + CLOCK_CELL / 2; y++) {
-      for (let x = left; x < left + CLOCK_CELL / 2; x++) {
-        const at = (y * width + x) * 4;
-        sum += 0.299 * pixels[at] + 0.587 * pixels[at + 1] + 0.114 * pixels[at + 2];
-      }
-    }
-    bits.push(sum / (CLOCK_CELL * CLOCK_CELL / 4) > 128 ? 1 : 0);
-  }
-  let stamp = 0;
-  for (let i = 0; i < CLOCK_BITS; i++) {
-    // The second half repeats the bits inverted: a cell that agrees with its twin is a misread.
-    if (bits[i] === bits[i + CLOCK_BITS]) return null;
-    stamp = stamp * 2 + bits[i];
-  }
-  return stamp;
-}
-
-function startClockReader() {
-  const samples = [];
-  lenscast.glassToGlassMs = samples;
-  const canvas = document.createElement('canvas');
-  canvas.width = CLOCK_COLUMNS * CLOCK_CELL;
-  canvas.height = ((2 * CLOCK_BITS) / CLOCK_COLUMNS) * CLOCK_CELL;
-  const ctx = canvas.getContext('2d', { willReadFrequently: true });
-  setInterval(() => {
-    // A paused or stalled picture is old for a reason the clock cannot see: no sample.
-    if (video.paused || video.readyState < HTMLMediaElement.HAVE_CURRENT_DATA) return;
-    const top = video.videoHeight - canvas.height;
-    if (top < 0 || video.videoWidth < canvas.width) return;
-    ctx.drawImage(video, 0, top, canvas.width, canvas.height, 0, 0, canvas.width, canvas.height);
-    const stamp = readClock(ctx.getImageData(0, 0, canvas.width, canvas.height).data, canvas.width);
-    if (stamp === null) return;
-    const ageMs = (Date.now() % 2 ** 32 - stamp + 2 ** 32) % 2 ** 32;
-    if (ageMs > CLOCK_MAX_MS) return;
-    samples.push(ageMs);
-    if (samples.length > CLOCK_SAMPLES_KEPT) samples.shift();
-  }, CLOCK_READ_MS);
-}
-
-// HLS: the server's H.264 mirror (1 s MPEG-TS segments, a sliding playlist with
-// PROGRAM-DATE-TIME), for browsers whose MSE cannot take WebM, for /?hls and for hls.html.
-
-const HLS_PLAYLIST = '/hls/live.m3u8';
-const HLS_JS = '/vendor/hls.min.js'; // hls.js from npm, served by lenscast (no CDN)
-const HLS_MIME = 'application/vnd.apple.mpegurl';
-/** hls.js settings for a live playlist of 1 s segments. */
-const HLS_JS_CONFIG = {
-  enableWorker: true, // demux TS off the main thread
-  lowLatencyMode: false, // the mirror writes whole segments, no LL-HLS parts to load
-  liveSyncDurationCount: 2, // start two segments behind the playlist's newest end...
-  liveMaxLatencyDurationCount: 5, // ...jump back to that point when five behind...
-  maxLiveSyncPlaybackRate: 1.2, // ...and play up to 20 % faster to close smaller gaps
-  backBufferLength: 10, // seconds of played media kept, so the buffer never fills up
-};
-const HLS_RETRY_MIN_MS = 1000;
-const HLS_RETRY_MAX_MS = 10000;
-const HLS_MEDIA_RETRY_MS = 5000; // a second media error sooner than this: start over
-
-/**
- * Plays the HLS mirror in `video`: with hls.js where it works, natively where only that does.
- * Returns the player's state, kept up to date, and calls `onChange(state)` whenever it may have
- * changed (a few times a second while playing):
- *   engine: 'hls.js' | 'native' | null while choosing
- *   state: loading | waiting | playing | recovering | unsupported
- *   behindLive: seconds from the picture on screen to now, from the playlist's
- *     PROGRAM-DATE-TIME (the server's clock: exact when both run on one machine); falls back to
- *     edgeLatency without dates
- *   edgeLatency: seconds behind the newest end of the playlist, as the player estimates it
- *   buffered: seconds of media ahead of the playhead
- *   recoveries, error, autoplayRefused
- */
-export function playHls(video, onChange = () => {}) {
-  const state = {
-    engine: null,
-    state: 'loading',
-    behindLive: null,
-    edgeLatency: null,
-    buffered: null,
-    recoveries: 0,
-    error: null,
-    autoplayRefused: false,
-  };
-  const changed = () => onChange(state);
-  let hls = null;
-  let retryMs = HLS_RETRY_MIN_MS;
-  let lastMediaRecovery = 0;
-  let lastTime = null;
-
-  function tryPlay() {
-    video.play().then(
-      () => (state.autoplayRefused = false),
-      (err) => {
-        if (err.name === 'NotAllowedError') state.autoplayRefused = true;
-        changed();
-      },
-    );
-  }
-
-  /** Something went wrong that waiting and `retry` can fix: say so, then retry with backoff. */
-  function recover(why, retry) {
-    console.warn(`lenscast: HLS ${why}; retrying in ${retryMs} ms`);
-    state.state = 'recovering';
-    state.error = why;
-    state.recoveries++;
-    changed();
-    setTimeout(retry, retryMs);
-    retryMs = Math.min(retryMs * 2, HLS_RETRY_MAX_MS);
-  }
-
-  function startHlsJs() {
-    const Hls = window.Hls;
-    const instance = new Hls(HLS_JS_CONFIG);
-    hls = instance;
-    instance.on(Hls.Events.MANIFEST_PARSED, tryPlay);
-    instance.on(Hls.Events.ERROR, (_event, data) => {
-      if (!data.fatal || hls !== instance) return; // hls.js retries non-fatal errors itself
-      const why = `${data.type} ${data.details}`;
-      const now = Date.now();
-      if (data.type === Hls.ErrorTypes.MEDIA_ERROR && now - lastMediaRecovery > HLS_MEDIA_RETRY_MS) {
-        // A decode or append error: a fresh MediaSource usually plays on.
-        lastMediaRecovery = now;
-        console.warn(`lenscast: HLS ${why}; recovering the media element`);
-        state.recoveries++;
-        instance.recoverMediaError();
-      } else if (data.type === Hls.ErrorTypes.NETWORK_ERROR && instance.levels.length) {
-        // The server is away or a segment is gone: load again from the playlist.
-        recover(why, () => hls === instance && instance.startLoad());
-      } else {
-        // No playlist yet (the mirror writes its first one a second after starting), repeated
-        // media errors or anything else: start over with a new player.
-        instance.destroy();
-        hls = null;
-        recover(why, startHlsJs);
-      }
-    });
-    instance.loadSource(HLS_PLAYLIST);
-    instance.attachMedia(video);
-  }
-
-  function startNative() {
-    video.addEventListener('loadedmetadata', tryPlay);
-    video.addEventListener('error', () => {
-      // Setting src again loads the playlist afresh, at its live edge.
-      recover(`media error ${video.error?.code} ${video.error?.message ?? ''}`.trim(), () => {
-        video.src = HLS_PLAYLIST;
-      });
-    });
-    video.src = HLS_PLAYLIST;
-  }
-
-  /** Seconds from the picture on screen to now, by PROGRAM-DATE-TIME; null without dates. */
-  function secondsSinceShown() {
-    let shown = null;
-    if (hls) {
-      shown = hls.playingDate?.getTime() ?? null;
-    } else if (video.getStartDate) {
-      // Safari: the date at media time 0 (NaN when the playlist has no dates).
-      const start = video.getStartDate().getTime();
-      if (Number.isFinite(start)) shown = start + video.currentTime * 1000;
-    }
-    return shown === null ? null : Math.max(0, (Date.now() - shown) / 1000);
-  }
-
-  function measure() {
-    const t = video.currentTime;
-    const seekable = video.seekable;
-    if (hls) state.edgeLatency = hls.latency || null;
-    else if (seekable.length) state.edgeLatency = Math.max(0, seekable.end(seekable.length - 1) - t);
-    state.behindLive = secondsSinceShown() ?? state.edgeLatency;
-    state.buffered = null;
-    for (let i = 0; i < video.buffered.length; i++) {
-      if (video.buffered.start(i) <= t + 0.1 && t < video.buffered.end(i)) state.buffered = video.buffered.end(i) - t;
-    }
-    if (!video.paused && lastTime !== null && t > lastTime) {
-      // Pictures are moving again: whatever went wrong is over.
-      state.state = 'playing';
-      state.error = null;
-      state.autoplayRefused = false;
-      retryMs = HLS_RETRY_MIN_MS;
-    } else if (state.state === 'playing') {
-      state.state = 'waiting';
-    }
-    lastTime = t;
-    changed();
-  }
-
-  (async () => {
-    state.engine = await chooseHlsEngine(video);
-    if (state.engine === 'hls.js') startHlsJs();
-    else if (state.engine === 'native') startNative();
-    else {
-      state.state = 'unsupported';
-      state.error = window.Hls
-        ? 'This browser can play neither the WebM stream nor HLS (no Media Source Extensions).'
-        : `This browser has no HLS of its own, and hls.js did not load from ${HLS_JS}.`;
-      changed();
-      return;
-    }
-    setInterval(measure, TICK_MS);
-  })();
-  return state;
-}
-
-/**
- * 'hls.js' or 'native' for the HLS mirror, or null if neither can play it. Chrome answers
- * "maybe" for HLS too but its own player fails on some streams (hls.js issue #7827), so native
- * is first only where Safari's ManagedMediaSource says this is Safari, and otherwise the last
- * resort (an iPhone without MSE). Loads hls.js when the page has not.
- */
-async function chooseHlsEngine(video) {
-  const native = video.canPlayType(HLS_MIME) !== '';
-  if (native && 'ManagedMediaSource' in window) return 'native';
-  if (!window.Hls) {
-    try {
-      await loadScript(HLS_JS);
-    } catch (err) {
-      console.warn(`lenscast: ${err.message}`);
-    }
-  }
-  if (window.Hls?.isSupported()) return 'hls.js';
-  return native ? 'native' : null;
-}
-
-/** Runs a classic script (hls.js is a UMD build that defines window.Hls). */
-function loadScript(src) {
-  return new Promise((resolve, reject) => {
-    const script = document.createElement('script');
-    script.src = src;
-    script.onload = resolve;
-    script.onerror = () => reject(new Error(`cannot load ${src}`));
-    document.head.append(script);
-  });
-}
-
-if (document.body.dataset.page === 'viewer') startViewer();
+startViewer();

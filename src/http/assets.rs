@@ -37,6 +37,36 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../client/present.js"),
     ),
     (
+        "publisher.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../client/publisher.js"),
+    ),
+    (
+        "mse-player.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../client/mse-player.js"),
+    ),
+    (
+        "latency-clock.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../client/latency-clock.js"),
+    ),
+    (
+        "hls-player.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../client/hls-player.js"),
+    ),
+    (
+        "clock-stamp.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../client/clock-stamp.js"),
+    ),
+    (
+        "constants.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../client/constants.js"),
+    ),
+    (
         "style.css",
         "text/css; charset=utf-8",
         include_bytes!("../../client/style.css"),

@@ -1,0 +1,191 @@
+// lenscast in the browser: the wire between the pages and the server, and every tuning value,
+// in one place so that the viewer and presenter pages cannot drift apart from each other or
+// from the server.
+//
+// ## The wire (the server's side: src/http/view.rs, src/http/publish.rs, src/http/mod.rs)
+//
+// Text messages are JSON objects with a "type". A page ignores types it does not know (and text
+// that is not JSON), so the server can add messages without breaking pages already open.
+//
+// GET /ws/view: the viewer's WebSocket. The server talks; the page only listens.
+//   text    {"type":"init","mime":"video/webm; codecs=\"vp8,opus\"","width":640,"height":480}
+//           Sent before every init segment. `mime` is what MediaSource.isTypeSupported and
+//           addSourceBuffer take; `width` and `height` are null when the stream has no video.
+//   binary  The message right after an "init" message is that init segment (EBML header,
+//           Segment, Info, Tracks). Every other binary message is media: the start of a Cluster
+//           or a block inside it, appended as it is.
+//   A viewer's first media is a Cluster that starts with a video keyframe; one that falls
+//   behind skips ahead to the next such Cluster, preceded by its init segment if it missed
+//   that. Cluster timestamps only move forward, even across source changes.
+//   close   1008 "viewer too slow": the socket took nothing for --viewer-timeout seconds. On
+//           shutdown the server just drops the connection (no close frame).
+//
+// GET /ws/publish?token=…[&takeover=1]: the presenter's WebSocket.
+//   Refused before the upgrade with a plain-text reason: 401 missing or wrong token, 403 an
+//   Origin that may not publish, 409 a presenter is already live (unless takeover=1, which
+//   ends the live presenter's socket instead). A browser sees only a failed WebSocket, so the
+//   page sends the same URL as a plain GET, which gets the same answer.
+//   binary  (page -> server) MediaRecorder's WebM, as one continuous byte stream cut anywhere:
+//           a chunk may end mid-element, and the first may be a single byte.
+//   text    (server -> page, every second)
+//           {"type":"stats","received_bytes":N,"pipeline":{...} | null}
+//           `pipeline` is null on a --passthrough server; otherwise the pipeline's figures:
+//           input, presenter_connected, width, height, input_codec, decode_ms, detect_ms,
+//           encode_ms, fps_in, fps_out, frames_in, frames_out, frames_dropped, decode_errors,
+//           faces_last, faces_total, latency_ms_p50, latency_ms_p99.
+//   close   (server -> page) always with a reason for the user:
+//           1000 the broadcast ended: "presenter stopped", "another presenter took over", ...
+//           1003 the stream cannot be used: not valid live WebM, a codec error, no video track.
+//           1008 policy: publishing faster than real time, superseded by another source, or a
+//                presenter already live (a race the check before the upgrade lost).
+//           (page -> server) 1000 with "presenter stopped" or why the page gave up.
+//
+// PUT|POST /publish?token=…[&takeover=1] takes the same WebM as a chunked body (ffmpeg, gst).
+// GET /api/status is JSON; the viewer page reads `viewers` and `source.state` from it.
+
+/** Where the viewer's WebSocket is. */
+export const VIEW_PATH = '/ws/view';
+/** Where the presenter's WebSocket is (a plain GET there says why an upgrade was refused). */
+export const PUBLISH_PATH = '/ws/publish';
+/** The server's figures, as JSON. */
+export const STATUS_PATH = '/api/status';
+/** The HLS mirror's playlist. */
+export const HLS_PLAYLIST = '/hls/live.m3u8';
+/** hls.js from npm, served by lenscast (no CDN). */
+export const HLS_JS = '/vendor/hls.min.js';
+
+/** The "type" of each text message. */
+export const MESSAGE = Object.freeze({ INIT: 'init', STATS: 'stats' });
+
+/** A text message as an object; null for text that is not a JSON object, which pages ignore. */
+export function parseMessage(text) {
+  try {
+    const msg = JSON.parse(text);
+    return msg !== null && typeof msg === 'object' ? msg : null;
+  } catch {
+    return null;
+  }
+}
+
+/** WebSocket close codes both sides use (1001 and 1006 come from browsers, never the server). */
+export const CLOSE = Object.freeze({
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  UNSUPPORTED_DATA: 1003,
+  ABNORMAL: 1006,
+  POLICY: 1008,
+});
+/** A close reason must fit in 123 bytes; the page cuts its own shorter, by characters. */
+export const CLOSE_REASON_MAX = 120;
+/** HTTP statuses of the publish rules; any other answer to the plain GET is about the GET. */
+export const PUBLISH_REFUSALS = Object.freeze([401, 403, 409]);
+
+// ## The viewer: both players
+
+/** How often a player checks playback (MSE: gaps, live edge, autoplay; HLS: its figures). */
+export const TICK_MS = 250;
+
+// ## The viewer: MSE player
+
+/** Every stream the server sends starts as VP8 (the demo, the annotated output), so this is
+ *  the least a browser's MSE must take for the WebM stream. */
+export const BASELINE_WEBM_MIME = 'video/webm; codecs="vp8"';
+/** Seconds of played media kept, so hours of playback fit the SourceBuffer's quota. */
+export const KEEP_PLAYED = 10;
+/** How often played media is removed. */
+export const TRIM_EVERY_MS = 5000;
+/** QuotaExceededError retries before starting over. */
+export const QUOTA_RETRIES = 10;
+/** Wait between QuotaExceededError retries when nothing played can be removed. */
+export const QUOTA_RETRY_MS = 500;
+/** A viewer this far behind should rejoin at a keyframe. */
+export const MAX_QUEUED_BYTES = 8 * 1024 * 1024;
+/** First wait before reconnecting; doubles on every failure... */
+export const BACKOFF_MIN_MS = 500;
+/** ...up to this. */
+export const BACKOFF_MAX_MS = 10000;
+
+// ## The viewer: latency clock (live-edge policy)
+
+/** Seconds behind the live edge after which the player jumps instead of catching up. */
+export const JUMP_BEHIND = 3;
+/** Where a jump lands, in seconds behind the live edge. */
+export const JUMP_TARGET = 0.3;
+/** Further behind than this (seconds), play slightly faster... */
+export const CATCH_UP_BEHIND = 0.5;
+/** ...until closer than this. */
+export const CAUGHT_UP_BEHIND = 0.25;
+/** Gentle enough that the change in audio pitch is barely audible. */
+export const CATCH_UP_RATE = 1.1;
+
+// ## The viewer: page
+
+/** How often the page asks the server for its figures. */
+export const STATUS_POLL_MS = 2000;
+
+// ## The viewer: HLS player
+
+/** The HLS mime type, for the native player's canPlayType. */
+export const HLS_MIME = 'application/vnd.apple.mpegurl';
+/** hls.js settings for a live playlist of 1 s segments. */
+export const HLS_JS_CONFIG = Object.freeze({
+  enableWorker: true, // demux TS off the main thread
+  lowLatencyMode: false, // the mirror writes whole segments, no LL-HLS parts to load
+  liveSyncDurationCount: 2, // start two segments behind the playlist's newest end...
+  liveMaxLatencyDurationCount: 5, // ...jump back to that point when five behind...
+  maxLiveSyncPlaybackRate: 1.2, // ...and play up to 20 % faster to close smaller gaps
+  backBufferLength: 10, // seconds of played media kept, so the buffer never fills up
+});
+/** First wait before the HLS player retries; doubles on every failure... */
+export const HLS_RETRY_MIN_MS = 1000;
+/** ...up to this. */
+export const HLS_RETRY_MAX_MS = 10000;
+/** A second media error sooner than this after the last: start over. */
+export const HLS_MEDIA_RETRY_MS = 5000;
+
+// ## The presenter: recorder and upload
+
+/** How often the recorder hands over a chunk: bounds the upload's delay. */
+export const TIMESLICE_MS = 100;
+/** Viewers join at keyframes and the server follows the presenter's, so this bounds a join. */
+export const KEYFRAME_INTERVAL_MS = 1000;
+/** The recorder's video bitrate. */
+export const VIDEO_BITS_PER_SECOND = 1_500_000;
+/** More than this waiting to be sent: the link is too slow for the recording. */
+export const MAX_UNSENT_BYTES = 8 * 1024 * 1024;
+/** How long Stop waits for the recorder's last chunk. */
+export const STOP_FLUSH_MS = 1000;
+/** Recorder mime types, first supported wins. The server decodes VP8 fastest; the opus
+ *  variants only with a microphone. */
+export const RECORDER_MIMES = Object.freeze([
+  'video/webm;codecs=vp8,opus',
+  'video/webm;codecs=vp8',
+  'video/webm;codecs=vp9,opus',
+  'video/webm;codecs=vp9',
+  'video/webm;codecs=h264,opus',
+  'video/webm;codecs=h264',
+  'video/webm',
+]);
+
+// ## Glass-to-glass clock (?clock=1 on both pages)
+//
+// The presenter stamps every frame with the low 32 bits of Date.now() as a strip of 16 x 4 cells
+// of 16 x 16 px at the bottom-left, away from the face boxes. Rows 0-1 hold the bits, most
+// significant first; rows 2-3 the same bits inverted, so a reader can tell a clean frame from one
+// that compression smeared. Cells are whole 16 x 16 macroblocks in pure black or white, which
+// survives two VP8 encodes.
+
+/** A cell's side, in pixels. */
+export const CLOCK_CELL = 16;
+/** Cells in a row of the strip. */
+export const CLOCK_COLUMNS = 16;
+/** Bits in a stamp. */
+export const CLOCK_BITS = 32;
+/** The rate the presenter draws stamped frames at (and records them). */
+export const CLOCK_FPS = 30;
+/** How often the viewer reads a stamp off the picture. */
+export const CLOCK_READ_MS = 200;
+/** Readings the viewer keeps. */
+export const CLOCK_SAMPLES_KEPT = 200;
+/** An age above this is a misread, not latency. */
+export const CLOCK_MAX_MS = 60000;

@@ -1,0 +1,244 @@
+// lenscast's publisher: records a MediaStream with MediaRecorder and uploads it over /ws/publish
+// (messages and close codes described in constants.js), one broadcast at a time. It knows
+// nothing of the page, which learns what it does from `state` and `onChange`.
+//
+// The server parses the upload as one continuous WebM byte stream, so chunks go out as they
+// come, in order, wherever the recorder happened to cut them.
+
+import {
+  CLOSE,
+  CLOSE_REASON_MAX,
+  KEYFRAME_INTERVAL_MS,
+  MAX_UNSENT_BYTES,
+  MESSAGE,
+  parseMessage,
+  PUBLISH_PATH,
+  PUBLISH_REFUSALS,
+  RECORDER_MIMES,
+  STOP_FLUSH_MS,
+  TIMESLICE_MS,
+  VIDEO_BITS_PER_SECOND,
+} from './constants.js';
+
+/** The recorder mime type to use: '' for the browser's default, null without MediaRecorder. */
+function chooseMime(hasAudio) {
+  if (!window.MediaRecorder) return null;
+  const usable = RECORDER_MIMES.filter((mime) => hasAudio || !mime.includes('opus'));
+  return usable.find((mime) => MediaRecorder.isTypeSupported(mime)) ?? '';
+}
+
+/**
+ * Publishes with the publish `token`. `state` holds what the presenter is doing, and
+ * `onChange(state)` runs whenever that may have changed:
+ *   state: idle | connecting | live | stopping | refused | disconnected
+ *   reason: why refused or disconnected
+ *   bytesSent, lastStats (the server's last "stats" message), mime (what the recorder records)
+ */
+export class Publisher {
+  /** A publisher that has not started. */
+  constructor(token, onChange = () => {}) {
+    this.token = token;
+    this.onChange = onChange;
+    this.state = {
+      state: 'idle',
+      reason: null,
+      bytesSent: 0,
+      lastStats: null,
+      mime: null,
+    };
+    this.broadcast = null; // the current { ws, recorder, ... }, or null when idle
+  }
+
+  /** True from `start()` until the broadcast has ended. */
+  get busy() {
+    return this.broadcast !== null;
+  }
+
+  /** True once Stop or a failure has begun ending the broadcast. */
+  get stopping() {
+    return this.broadcast?.stopping ?? false;
+  }
+
+  /**
+   * Starts a broadcast, replacing the live presenter if `takeover`. The socket opens first;
+   * once the server has accepted it, `record()` gives what to record: `{ stream, ownTracks }`,
+   * where `ownTracks` were made for this broadcast alone and are stopped when it ends.
+   */
+  start({ takeover, record }) {
+    if (this.broadcast) return;
+    const session = {
+      takeover,
+      ws: null,
+      recorder: null,
+      tracks: [],
+      opened: false,
+      stopping: false,
+      failure: null,
+    };
+    const ws = new WebSocket(this.publishUrl(session, location.protocol === 'https:' ? 'wss:' : 'ws:'));
+    session.ws = ws;
+    this.broadcast = session;
+    Object.assign(this.state, { bytesSent: 0, lastStats: null, reason: null });
+    this.setState('connecting');
+    // Events from a session we already left must not touch the next one.
+    ws.onopen = () => {
+      if (this.broadcast !== session) return;
+      session.opened = true;
+      this.startRecording(session, record());
+    };
+    ws.onmessage = (event) => {
+      if (this.broadcast === session && typeof event.data === 'string') this.onText(event.data);
+    };
+    // An error is always followed by close, so close alone handles both.
+    ws.onclose = (event) => this.broadcast === session && this.onClose(session, event);
+  }
+
+  /** Stop: the recorder hands over its last chunk, then the socket closes normally. */
+  stop() {
+    const session = this.broadcast;
+    if (!session || session.stopping) return;
+    session.stopping = true;
+    this.setState('stopping');
+    if (session.recorder?.state === 'recording') {
+      session.recorder.stop();
+      // Should the recorder never say it stopped, close anyway.
+      setTimeout(() => session.ws.close(CLOSE.NORMAL, 'presenter stopped'), STOP_FLUSH_MS);
+    } else {
+      session.ws.close(CLOSE.NORMAL, 'presenter stopped');
+    }
+  }
+
+  publishUrl(session, scheme) {
+    const url = new URL(PUBLISH_PATH, location.href);
+    url.protocol = scheme;
+    url.searchParams.set('token', this.token);
+    if (session.takeover) url.searchParams.set('takeover', '1');
+    return url.href;
+  }
+
+  startRecording(session, { stream, ownTracks }) {
+    session.tracks = ownTracks;
+    const mime = chooseMime(stream.getAudioTracks().length > 0);
+    if (mime === null) {
+      this.fail(session, 'refused', 'this browser has no MediaRecorder');
+      return;
+    }
+    // A video-only mime type cannot take the microphone's track as well.
+    const tracks = /opus/.test(mime) || !/codecs=/.test(mime) ? stream.getTracks() : stream.getVideoTracks();
+    let recorder;
+    try {
+      recorder = new MediaRecorder(new MediaStream(tracks), {
+        mimeType: mime,
+        videoBitsPerSecond: VIDEO_BITS_PER_SECOND,
+        videoKeyFrameIntervalDuration: KEYFRAME_INTERVAL_MS,
+      });
+      recorder.ondataavailable = (event) => this.send(session, event.data);
+      recorder.onerror = (event) => this.fail(session, 'disconnected', `recorder error: ${event.error?.message}`);
+      // After Stop the last chunk has been handed over by now; otherwise the camera went away.
+      recorder.onstop = () => {
+        if (session.stopping) session.ws.close(CLOSE.NORMAL, 'presenter stopped');
+        else this.fail(session, 'disconnected', 'the recorder stopped (camera gone?)');
+      };
+      recorder.start(TIMESLICE_MS);
+    } catch (err) {
+      this.fail(session, 'refused', `cannot record ${mime || 'WebM'}: ${err.message}`);
+      return;
+    }
+    session.recorder = recorder;
+    this.state.mime = recorder.mimeType || mime;
+    this.setState('live');
+  }
+
+  send(session, blob) {
+    const { ws } = session;
+    if (!blob.size || ws.readyState !== WebSocket.OPEN) return;
+    // Unsent data only grows on a link slower than the recording: better to stop than to lag.
+    if (ws.bufferedAmount > MAX_UNSENT_BYTES) {
+      const waiting = (ws.bufferedAmount / 1024 / 1024).toFixed(1);
+      this.fail(session, 'disconnected', `upload too slow (${waiting} MB not yet sent)`);
+      return;
+    }
+    ws.send(blob);
+    this.state.bytesSent += blob.size;
+    this.changed();
+  }
+
+  /** Ends a session on our side with a state and a reason for the user. */
+  fail(session, state, reason) {
+    if (this.broadcast !== session || session.failure) return;
+    session.failure = { state, reason };
+    session.stopping = true;
+    stopRecorder(session);
+    session.ws.close(CLOSE.NORMAL, reason.slice(0, CLOSE_REASON_MAX));
+    // Show it at once; the close event, when it comes, keeps what was shown.
+    this.state.reason = reason;
+    this.setState(state);
+  }
+
+  async onClose(session, event) {
+    stopRecorder(session);
+    let state = 'disconnected';
+    let reason = null;
+    if (session.failure) {
+      ({ state, reason } = session.failure);
+    } else if (session.stopping) {
+      state = 'idle';
+    } else if (!session.opened) {
+      // A refusal before the upgrade reaches the page only as a failed connection: ask again
+      // over plain HTTP to learn the status code and the server's reason.
+      state = 'refused';
+      reason = await this.whyRefused(session);
+    } else if (event.code === CLOSE.NORMAL || event.code === CLOSE.GOING_AWAY) {
+      reason = event.reason || 'the server ended the broadcast';
+    } else if (event.code === CLOSE.ABNORMAL) {
+      reason = 'connection lost';
+    } else {
+      state = 'refused';
+      reason = `${event.reason || 'no reason given'} (close code ${event.code})`;
+    }
+    this.broadcast = null;
+    this.state.reason = reason;
+    this.setState(state);
+  }
+
+  async whyRefused(session) {
+    try {
+      const response = await fetch(this.publishUrl(session, location.protocol), { cache: 'no-store' });
+      // Only these statuses come from the publish rules; anything else is about the plain GET.
+      if (PUBLISH_REFUSALS.includes(response.status)) {
+        return `${response.status} ${(await response.text()).trim()}`;
+      }
+      return 'refused or unreachable';
+    } catch {
+      return 'refused or unreachable (no answer from the server)';
+    }
+  }
+
+  onText(text) {
+    const msg = parseMessage(text);
+    // Other message types are for newer pages; ignoring them keeps old pages working.
+    if (msg?.type !== MESSAGE.STATS) return;
+    this.state.lastStats = msg;
+    this.changed();
+  }
+
+  setState(state) {
+    this.state.state = state;
+    this.changed();
+  }
+
+  changed() {
+    this.onChange(this.state);
+  }
+}
+
+/** Stops the recorder without the usual end-of-recording handling, and the session's own tracks. */
+function stopRecorder(session) {
+  const { recorder } = session;
+  if (recorder && recorder.state !== 'inactive') {
+    recorder.onstop = null;
+    recorder.ondataavailable = null;
+    recorder.stop();
+  }
+  for (const track of session.tracks) track.stop();
+}
