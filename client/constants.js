@@ -17,8 +17,8 @@
 //   A viewer's first media is a Cluster that starts with a video keyframe; one that falls
 //   behind skips ahead to the next such Cluster, preceded by its init segment if it missed
 //   that. Cluster timestamps only move forward, even across source changes.
-//   close   1008 "viewer too slow": the socket took nothing for --viewer-timeout seconds. On
-//           shutdown the server just drops the connection (no close frame).
+//   close   1008 "viewer too slow": the socket took nothing for --viewer-timeout seconds.
+//           1001 "server shutting down" (SIGTERM or Ctrl-C on the server).
 //
 // GET /ws/publish?token=…[&takeover=1]: the presenter's WebSocket.
 //   Refused before the upgrade with a plain-text reason: 401 missing or wrong token, 403 an
@@ -30,17 +30,25 @@
 //   text    (server -> page, every second)
 //           {"type":"stats","received_bytes":N,"pipeline":{...} | null}
 //           `pipeline` is null on a --passthrough server; otherwise the pipeline's figures:
-//           input, presenter_connected, width, height, input_codec, decode_ms, detect_ms,
+//           input, presenter_connected, width, height (the output), input_codec,
+//           input_width, input_height (the presenter's picture, letterboxed into the output
+//           when its shape differs), decode_ms, detect_ms,
 //           encode_ms, fps_in, fps_out, frames_in, frames_out, frames_dropped, decode_errors,
 //           faces_last, faces_total, latency_ms_p50, latency_ms_p99.
 //   close   (server -> page) always with a reason for the user:
-//           1000 the broadcast ended: "presenter stopped", "another presenter took over", ...
-//           1003 the stream cannot be used: not valid live WebM, a codec error, no video track.
-//           1008 policy: publishing faster than real time, superseded by another source, or a
-//                presenter already live (a race the check before the upgrade lost).
+//           1000 the upload ended normally: "presenter stopped", "presenter connection lost".
+//           1001 "the server is shutting down".
+//           1003 the stream cannot be used: not valid live WebM (including a TimestampScale
+//                outside 1 µs..1 s or a timestamp out of range), a codec error, no video track.
+//           1008 policy: "another presenter took over", "no media for N s" (--presenter-idle),
+//                publishing faster than real time, timestamps that jump back over 1 s or
+//                ahead over 10 s, or a presenter already live (a race the check before the
+//                upgrade lost).
 //           (page -> server) 1000 with "presenter stopped" or why the page gave up.
 //
-// PUT|POST /publish?token=…[&takeover=1] takes the same WebM as a chunked body (ffmpeg, gst).
+// PUT|POST /publish?token=…[&takeover=1] takes the same WebM as a chunked body (ffmpeg, gst) and
+// answers when it ends: 200 done, 400 refused (the reason), 408 no media for --presenter-idle
+// seconds, 409 taken over, 503 the server is shutting down.
 // GET /api/status is JSON; the viewer page reads `viewers` and `source.state` from it.
 
 /** Where the viewer's WebSocket is. */
@@ -67,7 +75,7 @@ export function parseMessage(text) {
   }
 }
 
-/** WebSocket close codes both sides use (1001 and 1006 come from browsers, never the server). */
+/** WebSocket close codes both sides use (1006 comes from browsers, never the server). */
 export const CLOSE = Object.freeze({
   NORMAL: 1000,
   GOING_AWAY: 1001,

@@ -262,13 +262,7 @@ async fn the_hls_directory_is_removed_when_the_server_stops() {
     let (_, segments, _) = wait_for_segments(addr, 1).await;
     let dir = std::path::PathBuf::from(status(addr).await["hls"]["dir"].as_str().unwrap());
     assert!(dir.join(&segments[0].1).is_file());
-    // SIGTERM, as `kill`, systemd or a container runtime would send.
-    let pid = server.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    sigterm(&server.0);
     let exited = tokio::task::spawn_blocking(move || server.0.wait().unwrap())
         .await
         .unwrap();

@@ -142,14 +142,14 @@ async fn publish_and_watch(addr: SocketAddr, video: &[u8]) -> Received {
     received
 }
 
+/// The annotating server with the 640x480 demo running.
+async fn start_demo(http: HttpConfig) -> TestServer {
+    start_annotating(Some(Input::demo()), PipelineConfig::default(), http).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_by_nine_presenters_keep_their_shape_while_the_4_3_demo_runs() {
-    let server = start_annotating(
-        Some(Input::demo()),
-        PipelineConfig::default(),
-        HttpConfig::default(),
-    )
-    .await;
+    let server = start_demo(HttpConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
     for (width, height, side) in [(640u32, 360u32, 120u32), (1280, 720, 240)] {
         let video = square_video(dir.path(), width, height, side);
@@ -193,12 +193,7 @@ async fn sixteen_by_nine_presenters_keep_their_shape_while_the_4_3_demo_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn face_boxes_sit_on_the_face_of_a_16_9_presenter() {
-    let server = start_annotating(
-        Some(Input::demo()),
-        PipelineConfig::default(),
-        HttpConfig::default(),
-    )
-    .await;
+    let server = start_demo(HttpConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
     // The fixture's face centre is at (315, 150) of 640x360; letterboxed into 640x480 it moves
     // down by the 60-row bar. A 1280x720 camera lands on the same output pixels.
@@ -272,14 +267,10 @@ async fn wait_for_source(addr: SocketAddr, name: &str, within: Duration) -> serd
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_presenter_is_ended_and_the_demo_resumes() {
     let idle = Duration::from_secs(2);
-    let server = start_annotating(
-        Some(Input::demo()),
-        PipelineConfig::default(),
-        HttpConfig {
-            presenter_idle: idle,
-            ..HttpConfig::default()
-        },
-    )
+    let server = start_demo(HttpConfig {
+        presenter_idle: idle,
+        ..HttpConfig::default()
+    })
     .await;
     wait_for_source(server.addr, "demo:face.webm", Duration::from_secs(5)).await;
     let viewer = tokio::spawn(ws_collect(server.addr, Duration::from_secs(9)));
@@ -522,12 +513,7 @@ async fn sigterm_closes_viewers_and_uploads_and_exits_within_3_s() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let started = Instant::now();
-    let pid = server.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    sigterm(&server.0);
     let exited = loop {
         if let Some(status) = server.0.try_wait().unwrap() {
             break status;

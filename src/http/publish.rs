@@ -105,6 +105,10 @@ pub enum Incoming {
 
 /// A presenter's connection, whatever carries it.
 pub trait Transport {
+    /// What the presenter is told when it ends its upload cleanly.
+    const FINISHED: &'static str;
+    /// What the log says when the connection fails.
+    const LOST: &'static str;
     /// The next thing the presenter sent. Must be cancel-safe.
     fn next(&mut self) -> impl std::future::Future<Output = Incoming> + Send;
     /// Sends the presenter a status line (only the WebSocket can); false if the connection
@@ -115,10 +119,10 @@ pub trait Transport {
 /// How a presenter's upload ended.
 #[derive(Debug)]
 pub enum Outcome {
-    /// The presenter stopped cleanly.
-    Finished,
-    /// The connection dropped.
-    Lost,
+    /// The presenter stopped cleanly (with the transport's word for it).
+    Finished(&'static str),
+    /// The connection dropped (with the transport's word for it).
+    Lost(&'static str),
     /// It lost the slot: taken over, or the server is shutting down.
     Ended(EndReason),
     /// No media arrived for this long.
@@ -130,8 +134,7 @@ pub enum Outcome {
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Outcome::Finished => write!(f, "presenter stopped"),
-            Outcome::Lost => write!(f, "presenter connection lost"),
+            Outcome::Finished(what) | Outcome::Lost(what) => write!(f, "{what}"),
             Outcome::Ended(reason) => write!(f, "{reason}"),
             Outcome::Idle(after) => write!(f, "no media for {} s", after.as_secs_f64()),
             Outcome::Refused(error) => write!(f, "{error}"),
@@ -144,7 +147,7 @@ impl Outcome {
     /// data, 1008 policy (taken over, idle, too fast, timestamps out of range).
     pub fn close_code(&self) -> u16 {
         match self {
-            Outcome::Finished | Outcome::Lost => 1000,
+            Outcome::Finished(_) | Outcome::Lost(_) => 1000,
             Outcome::Ended(EndReason::ShuttingDown) => 1001,
             Outcome::Refused(
                 IngestError::Webm { .. } | IngestError::Codec { .. } | IngestError::NoVideo(_),
@@ -156,7 +159,7 @@ impl Outcome {
     /// The HTTP status for the PUT answer.
     pub fn http_status(&self) -> StatusCode {
         match self {
-            Outcome::Finished | Outcome::Lost => StatusCode::OK,
+            Outcome::Finished(_) | Outcome::Lost(_) => StatusCode::OK,
             Outcome::Ended(EndReason::ShuttingDown) => StatusCode::SERVICE_UNAVAILABLE,
             Outcome::Ended(_) => StatusCode::CONFLICT,
             Outcome::Idle(_) => StatusCode::REQUEST_TIMEOUT,
@@ -205,8 +208,8 @@ pub async fn present<T: Transport>(
                     }
                 }
                 Incoming::Other => {}
-                Incoming::Finished => break Outcome::Finished,
-                Incoming::Lost => break Outcome::Lost,
+                Incoming::Finished => break Outcome::Finished(T::FINISHED),
+                Incoming::Lost => break Outcome::Lost(T::LOST),
             },
             reason = feeder.superseded() => break Outcome::Ended(reason),
             _ = tokio::time::sleep_until(last_media + idle) => break Outcome::Idle(idle),
@@ -217,7 +220,7 @@ pub async fn present<T: Transport>(
                     "pipeline": app.slot.pipeline().map(|p| p.stats()),
                 });
                 if !transport.status(stats.to_string()).await {
-                    break Outcome::Lost;
+                    break Outcome::Lost(T::LOST);
                 }
             }
         }
@@ -250,6 +253,9 @@ struct WsTransport {
 }
 
 impl Transport for WsTransport {
+    const FINISHED: &'static str = "presenter stopped";
+    const LOST: &'static str = "presenter connection lost";
+
     async fn next(&mut self) -> Incoming {
         match self.socket.next().await {
             Some(Ok(message)) if message.is_binary() => {
@@ -293,6 +299,9 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
     B: Buf + Send + 'static,
 {
+    const FINISHED: &'static str = "upload finished";
+    const LOST: &'static str = "upload interrupted";
+
     async fn next(&mut self) -> Incoming {
         loop {
             if let Some(buf) = self.pending.as_mut() {

@@ -418,3 +418,87 @@ async fn end(slot: &Slot, id: u64, kind: SourceKind, name: &str, reason: &str) {
     tracing::info!(source = name, reason, "source ended");
     slot.send_end(reason).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    fn slot() -> Slot {
+        Slot::new(Target::remux(Hub::default()), None)
+    }
+
+    #[tokio::test]
+    async fn a_presenter_supersedes_the_input_and_the_input_waits_for_it() {
+        let slot = slot();
+        let mut demo = slot.claim("demo", SourceKind::Input, false).await.unwrap();
+        assert!(slot.wait_for_no_presenter().now_or_never().is_some());
+        let presenter = slot
+            .claim("presenter", SourceKind::Presenter, false)
+            .await
+            .unwrap();
+        assert_eq!(demo.superseded().await, EndReason::PresenterLive);
+        assert_eq!(
+            demo.deliver(Event::ClusterEnd).await,
+            Err(EndReason::PresenterLive)
+        );
+        assert!(matches!(
+            slot.claim("demo", SourceKind::Input, false).await,
+            Err(ClaimError::Busy)
+        ));
+        let mut waiting = Box::pin(slot.wait_for_no_presenter());
+        assert!(
+            (&mut waiting).now_or_never().is_none(),
+            "a presenter is live"
+        );
+        presenter.end("presenter stopped").await;
+        assert_eq!(waiting.await, Ok(()));
+        let status = slot.status();
+        assert_eq!(status.state, SourceState::Ended);
+        assert_eq!(status.ended_reason.as_deref(), Some("presenter stopped"));
+        // The superseded input ending late changes nothing.
+        demo.end("late").await;
+        assert_eq!(
+            slot.status().ended_reason.as_deref(),
+            Some("presenter stopped")
+        );
+    }
+
+    #[tokio::test]
+    async fn one_presenter_at_a_time_unless_taking_over() {
+        let slot = slot();
+        let mut first = slot.claim("a", SourceKind::Presenter, false).await.unwrap();
+        assert_eq!(
+            slot.check(SourceKind::Presenter, false),
+            Err(ClaimError::Busy)
+        );
+        assert!(slot.check(SourceKind::Presenter, true).is_ok());
+        let second = slot.claim("b", SourceKind::Presenter, true).await.unwrap();
+        assert_eq!(first.superseded().await, EndReason::TakenOver);
+        assert_eq!(slot.status().name.as_deref(), Some("b"));
+        drop(first);
+        // Dropping the guard that still holds the slot ends its source.
+        drop(second);
+        for _ in 0..100 {
+            if slot.status().state == SourceState::Ended {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(slot.status().state, SourceState::Ended);
+        assert!(slot.check(SourceKind::Presenter, false).is_ok());
+    }
+
+    #[tokio::test]
+    async fn closing_ends_the_holder_and_refuses_new_claims() {
+        let slot = slot();
+        let mut holder = slot.claim("a", SourceKind::Presenter, false).await.unwrap();
+        slot.close();
+        assert_eq!(holder.superseded().await, EndReason::ShuttingDown);
+        assert!(matches!(
+            slot.claim("b", SourceKind::Presenter, true).await,
+            Err(ClaimError::Closed)
+        ));
+        assert_eq!(slot.wait_for_no_presenter().await, Err(ClaimError::Closed));
+    }
+}

@@ -53,9 +53,8 @@ pub struct Track {
 /// The Info element, parsed, with its original bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Info {
-    /// Nanoseconds per timestamp tick (1 ms = 1_000_000 by default), checked to lie in
-    /// 1 µs..=1 s.
-    pub timestamp_scale: u64,
+    /// Nanoseconds per timestamp tick (1 ms by default), checked to lie in 1 µs..=1 s.
+    pub timestamp_scale: TimestampScale,
     pub duration: Option<f64>,
     /// The whole element as received.
     pub bytes: Bytes,
@@ -346,7 +345,7 @@ impl StreamReader {
                     return Ok(Step::NeedMore);
                 };
                 let info = parse_info(bytes, header.len)?;
-                self.scale = TimestampScale::new(info.timestamp_scale).map_err(WebmError::Clock)?;
+                self.scale = info.timestamp_scale;
                 Ok(Step::Event(Event::Info(info)))
             }
             (Some(Master::Segment), id::TRACKS) => {
@@ -496,7 +495,7 @@ fn parse_info(bytes: Bytes, header_len: usize) -> Result<Info, WebmError> {
         return Err(WebmError::BadPayload("TimestampScale is 0"));
     }
     Ok(Info {
-        timestamp_scale,
+        timestamp_scale: TimestampScale::new(timestamp_scale)?,
         duration,
         bytes,
     })

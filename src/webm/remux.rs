@@ -173,7 +173,7 @@ impl LiveMuxer {
             .source
             .info
             .as_ref()
-            .and_then(|i| TimestampScale::new(i.timestamp_scale).ok())
+            .map(|i| i.timestamp_scale)
             .unwrap_or_default();
         self.source.tracks = Some(tracks);
         // A file loop sends the same init again: viewers already have it, so send nothing.

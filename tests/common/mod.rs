@@ -316,6 +316,13 @@ pub fn spawn_binary(args: &[&str], stdin: Stdio) -> (Child, String) {
     (child, url)
 }
 
+/// Sends `child` SIGTERM, as `kill`, systemd or a container runtime would.
+pub fn sigterm(child: &Child) {
+    let pid = child.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(sent.success(), "kill -TERM {pid}: {sent:?}");
+}
+
 /// Kills the child when dropped, so a failing test leaves no server behind.
 pub struct KillOnDrop(pub Child);
 
