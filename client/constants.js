@@ -36,11 +36,12 @@
 //           encode_ms, fps_in, fps_out, frames_in, frames_out, frames_dropped, decode_errors,
 //           faces_last, faces_total, latency_ms_p50, latency_ms_p99.
 //   close   (server -> page) always with a reason for the user:
-//           1000 the upload ended normally: "presenter stopped", "presenter connection lost".
+//           1000 the upload ended normally: "presenter stopped", "presenter connection lost",
+//                "another presenter took over".
 //           1001 "the server is shutting down".
 //           1003 the stream cannot be used: not valid live WebM (including a TimestampScale
 //                outside 1 µs..1 s or a timestamp out of range), a codec error, no video track.
-//           1008 policy: "another presenter took over", "no media for N s" (--presenter-idle),
+//           1008 policy: "no media for N s" (--presenter-idle),
 //                publishing faster than real time, timestamps that jump back over 1 s or
 //                ahead over 10 s, or a presenter already live (a race the check before the
 //                upgrade lost).

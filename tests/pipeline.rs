@@ -290,6 +290,11 @@ async fn bad_uploads_end_only_their_own_connection() {
         .expect("takeover accepted");
     let closed = wait_closed(&mut first).await;
     assert!(closed.reason.contains("took over"), "{closed:?}");
+    assert_eq!(
+        closed.code,
+        Some(1000),
+        "taken over is a normal end: {closed:?}"
+    );
     // The new presenter vanishes mid-Cluster.
     let outcome = publish(&mut second, &pieces[..20], true).await;
     assert!(

@@ -332,8 +332,11 @@ async fn an_idle_presenter_is_ended_and_the_demo_resumes() {
     assert!(frames > 100, "only {frames} frames in 9 s");
 }
 
-/// The video frames of a real file: (frame bytes, keyframe).
-fn frames_of(name: &str) -> Vec<(Vec<u8>, bool)> {
+/// One video frame: its bytes and whether it is a keyframe.
+type Frame = (Vec<u8>, bool);
+
+/// The video frames of a real file.
+fn frames_of(name: &str) -> Vec<Frame> {
     let mut reader = StreamReader::new();
     reader.push(&std::fs::read(fixture_path(name)).unwrap());
     let mut frames = Vec::new();
@@ -347,7 +350,7 @@ fn frames_of(name: &str) -> Vec<(Vec<u8>, bool)> {
 
 /// A live-style WebM (unknown sizes) carrying `frames` (320x240 VP8), whose Info says
 /// `scale` ns per tick, with one Cluster per (timestamp, frames) group.
-fn stream(scale: u64, clusters: &[(u64, &[(Vec<u8>, bool)])], tick_per_frame: i16) -> Vec<u8> {
+fn stream(scale: u64, clusters: &[(u64, &[Frame])], tick_per_frame: i16) -> Vec<u8> {
     let mut out = Vec::new();
     let mut header = Vec::new();
     ebml::write_element(&mut header, id::DOC_TYPE, b"webm");

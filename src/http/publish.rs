@@ -143,16 +143,18 @@ impl std::fmt::Display for Outcome {
 }
 
 impl Outcome {
-    /// The WebSocket close code: 1000 normal, 1001 going away (shutdown), 1003 unsupported
-    /// data, 1008 policy (taken over, idle, too fast, timestamps out of range).
+    /// The WebSocket close code: 1000 normal (also taken over: the broadcast went on, the
+    /// presenter page shows it as a disconnect, not a refusal), 1001 going away (shutdown),
+    /// 1003 unsupported data, 1008 policy (idle, too fast, timestamps out of range).
     pub fn close_code(&self) -> u16 {
         match self {
             Outcome::Finished(_) | Outcome::Lost(_) => 1000,
             Outcome::Ended(EndReason::ShuttingDown) => 1001,
+            Outcome::Ended(_) => 1000,
             Outcome::Refused(
                 IngestError::Webm { .. } | IngestError::Codec { .. } | IngestError::NoVideo(_),
             ) => 1003,
-            Outcome::Ended(_) | Outcome::Idle(_) | Outcome::Refused(_) => 1008,
+            Outcome::Idle(_) | Outcome::Refused(_) => 1008,
         }
     }
 
@@ -258,9 +260,7 @@ impl Transport for WsTransport {
 
     async fn next(&mut self) -> Incoming {
         match self.socket.next().await {
-            Some(Ok(message)) if message.is_binary() => {
-                Incoming::Media(Bytes::from(message.into_bytes()))
-            }
+            Some(Ok(message)) if message.is_binary() => Incoming::Media(message.into_bytes()),
             Some(Ok(message)) if message.is_close() => Incoming::Finished,
             Some(Ok(_)) => Incoming::Other,
             Some(Err(_)) | None => Incoming::Lost,

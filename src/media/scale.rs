@@ -63,11 +63,14 @@ pub fn fit(
     }
 }
 
+/// What a swscale context converts: (input format, width, height) to a YUV420P size.
+type ScaleKey = (Pixel, u32, u32, u32, u32);
+
 /// Turns decoded pictures into output pictures; keeps its swscale context between frames.
 #[derive(Default)]
 pub struct Scaler {
-    /// The context and the (format, size, target size) it was built for.
-    context: Option<(scaling::Context, (Pixel, u32, u32, u32, u32))>,
+    /// The context and what it was built for.
+    context: Option<(scaling::Context, ScaleKey)>,
 }
 
 impl Scaler {

@@ -81,7 +81,11 @@ pub struct SourceStatus {
 /// Where delivered events go.
 pub enum Target {
     /// `--passthrough`: the source's own WebM, remuxed onto the output timeline, to the hub.
-    Remux { muxer: Mutex<LiveMuxer>, hub: Hub },
+    Remux {
+        /// Boxed: the muxer's state is large beside the pipeline's handle.
+        muxer: Box<Mutex<LiveMuxer>>,
+        hub: Hub,
+    },
     /// Decode, annotate, re-encode.
     Pipeline(Pipeline),
 }
@@ -90,7 +94,7 @@ impl Target {
     /// Passthrough into `hub`.
     pub fn remux(hub: Hub) -> Self {
         Target::Remux {
-            muxer: Mutex::new(LiveMuxer::new()),
+            muxer: Box::new(Mutex::new(LiveMuxer::new())),
             hub,
         }
     }

@@ -373,16 +373,13 @@ pub fn paced_pieces(bytes: &[u8]) -> Vec<(Duration, Vec<u8>)> {
     let mut start = 0usize;
     let mut first_ms = None;
     while let Some(event) = reader.next_event().unwrap() {
-        match event {
-            Event::Block(block) => {
-                let ms = block.time.as_millis();
-                let first = *first_ms.get_or_insert(ms);
-                let end = reader.position() as usize;
-                let due = Duration::from_millis((ms - first).max(0) as u64);
-                pieces.push((due, bytes[start..end].to_vec()));
-                start = end;
-            }
-            _ => {}
+        if let Event::Block(block) = event {
+            let ms = block.time.as_millis();
+            let first = *first_ms.get_or_insert(ms);
+            let end = reader.position() as usize;
+            let due = Duration::from_millis((ms - first).max(0) as u64);
+            pieces.push((due, bytes[start..end].to_vec()));
+            start = end;
         }
     }
     if start < bytes.len() {
