@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lenscast::hls::HlsConfig;
+use lenscast::http::conn::ConnLimits;
 use lenscast::http::{self, HttpConfig};
 use lenscast::pipeline::PipelineConfig;
 use lenscast::server::{Server, ServerConfig};
@@ -66,6 +67,12 @@ struct ServeArgs {
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     allow_origin: Vec<String>,
 
+    /// Also answer requests whose Host header is this name (e.g. live.example.org), as when
+    /// behind a proxy or on a DNS name. Repeat for several. IP addresses and `localhost` are
+    /// always accepted; any other name is refused with 403, which stops DNS-rebinding pages.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    allow_host: Vec<String>,
+
     /// Length of an HLS segment in seconds (the HLS mirror at /hls/live.m3u8).
     #[arg(long, default_value = "1", value_name = "SECONDS", value_parser = seconds(0.5, 10.0))]
     hls_segment: Duration,
@@ -82,6 +89,27 @@ struct ServeArgs {
     /// count); the demo or --input then resumes.
     #[arg(long, default_value = "5", value_name = "SECONDS", value_parser = seconds(0.5, 3600.0))]
     presenter_idle: Duration,
+
+    /// The largest picture a source may send (when it is decoded: annotating, or the HLS
+    /// mirror in --passthrough), as WIDTHxHEIGHT. Portrait fits too (1080x1920 under
+    /// 1920x1080). A presenter over it is refused with the reason.
+    #[arg(long, default_value = "1920x1080", value_name = "WxH")]
+    max_resolution: lenscast::media::Resolution,
+
+    /// Connections served at once (viewers, presenters, page loads); past it new connections
+    /// get 503 at once.
+    #[arg(long, default_value_t = 10_000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: u32,
+
+    /// Seconds a client has to send a request's headers before its connection is closed
+    /// (stops slowloris clients).
+    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = seconds(0.5, 600.0))]
+    header_timeout: Duration,
+
+    /// Seconds a connection may sit with nothing read or written before it is closed. Viewers
+    /// waiting for a broadcast get keepalives, so only dead connections hit this.
+    #[arg(long, default_value = "60", value_name = "SECONDS", value_parser = seconds(1.0, 86400.0))]
+    idle_timeout: Duration,
 
     /// Chunks kept for viewers that fall behind, before they skip to the next keyframe.
     #[arg(long, default_value_t = lenscast::hub::DEFAULT_CHANNEL_CAPACITY)]
@@ -183,10 +211,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }),
         http: HttpConfig {
             allowed_origins: args.allow_origin,
+            allowed_hosts: args.allow_host,
             viewer_send_timeout: args.viewer_timeout,
             presenter_idle: args.presenter_idle,
         },
         viewer_buffer: args.viewer_buffer,
+        max_resolution: args.max_resolution,
+        connections: ConnLimits {
+            max_connections: args.max_connections as usize,
+            header_timeout: args.header_timeout,
+            idle_timeout: args.idle_timeout,
+        },
     };
     // Installed before anything starts, so a SIGTERM at any moment shuts down cleanly.
     let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

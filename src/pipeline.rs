@@ -33,6 +33,7 @@ use crate::hub::Hub;
 use crate::media::decode::VideoDecoder;
 use crate::media::encode::Vp8Encoder;
 use crate::media::scale::Scaler;
+use crate::media::Resolution;
 use crate::webm::writer::{AudioTrack, LiveWriter, OutputTracks, AUDIO_TRACK, VIDEO_TRACK};
 use crate::webm::{Event, TrackKind, Tracks};
 
@@ -69,6 +70,8 @@ pub struct PipelineConfig {
     pub max_lag: Duration,
     /// Events queued between the sources and the pipeline thread.
     pub queue: usize,
+    /// The largest picture decoded (the decoder refuses bigger ones before allocating).
+    pub max_resolution: Resolution,
 }
 
 impl Default for PipelineConfig {
@@ -79,6 +82,7 @@ impl Default for PipelineConfig {
             keyframe_interval: Duration::from_secs(1),
             max_lag: Duration::from_millis(300),
             queue: 256,
+            max_resolution: Resolution::DEFAULT,
         }
     }
 }
@@ -221,7 +225,7 @@ impl Input {
     }
 
     /// Takes the source's Tracks: opens its video decoder, finds the Opus track we pass on.
-    fn tracks(&mut self, tracks: &Tracks) {
+    fn tracks(&mut self, tracks: &Tracks, max: Resolution) {
         self.video_track = tracks.video().map(|t| t.number);
         let opus = tracks
             .tracks
@@ -233,7 +237,7 @@ impl Input {
             sample_rate: t.sample_rate.unwrap_or(48_000.0),
             channels: t.channels.unwrap_or(2),
         });
-        self.decoder = match tracks.video().map(VideoDecoder::new) {
+        self.decoder = match tracks.video().map(|t| VideoDecoder::new(t, max.pixels())) {
             Some(Ok(decoder)) => Some(decoder),
             Some(Err(error)) => {
                 tracing::error!(%error, "cannot decode this source's video");
@@ -385,7 +389,7 @@ impl Worker {
             // A new stream in the same source (a looped file) starts its timestamps over.
             Event::Header { .. } => self.timeline.restart(),
             Event::Tracks(tracks) => {
-                source.tracks(&tracks);
+                source.tracks(&tracks, self.config.max_resolution);
                 self.stats.local.input_codec = tracks.video().map(|t| t.codec_id.clone());
                 self.update_audio_track();
             }
@@ -441,6 +445,21 @@ impl Worker {
     }
 
     fn frame(&mut self, frame: &VideoFrame, time: MediaTime, arrived: Instant) {
+        if !self
+            .config
+            .max_resolution
+            .admits(frame.width(), frame.height())
+        {
+            // The decoder's max_pixels stops most of these; this catches the rest (a side
+            // over the limit within the pixel budget).
+            self.stats.local.decode_errors += 1;
+            tracing::debug!(
+                width = frame.width(),
+                height = frame.height(),
+                "picture over --max-resolution dropped"
+            );
+            return;
+        }
         self.stats.frame_in();
         self.stats.local.input_width = Some(frame.width());
         self.stats.local.input_height = Some(frame.height());

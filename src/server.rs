@@ -18,9 +18,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::hls::{HlsConfig, HlsError, HlsMirror};
+use crate::http::conn::ConnLimits;
 use crate::http::publish::Publishing;
 use crate::http::{self, App, HttpConfig};
 use crate::hub::Hub;
+use crate::media::Resolution;
 use crate::pipeline::{Mode, Pipeline, PipelineConfig, PipelineError};
 use crate::source::{self, Input, Slot, Target};
 
@@ -52,6 +54,10 @@ pub struct ServerConfig {
     pub http: HttpConfig,
     /// Chunks kept for viewers that fall behind.
     pub viewer_buffer: usize,
+    /// The largest picture a source may send when it is decoded.
+    pub max_resolution: Resolution,
+    /// Connection cap and timeouts.
+    pub connections: ConnLimits,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +70,8 @@ impl Default for ServerConfig {
             hls: Some(HlsConfig::default()),
             http: HttpConfig::default(),
             viewer_buffer: crate::hub::DEFAULT_CHANNEL_CAPACITY,
+            max_resolution: Resolution::DEFAULT,
+            connections: ConnLimits::default(),
         }
     }
 }
@@ -73,6 +81,7 @@ pub struct Server {
     app: App,
     input: Option<Input>,
     pipelines: Vec<Pipeline>,
+    limits: ConnLimits,
 }
 
 impl Server {
@@ -96,6 +105,7 @@ impl Server {
                     hub.clone(),
                     PipelineConfig {
                         mode: Mode::MirrorOnly,
+                        max_resolution: config.max_resolution,
                         ..config.pipeline.clone()
                     },
                     Some(hls.clone()),
@@ -103,18 +113,19 @@ impl Server {
                 None => None,
             };
             pipelines.extend(mirror.clone());
-            Slot::new(Target::remux(hub.clone()), mirror)
+            Slot::new(Target::remux(hub.clone()), mirror, config.max_resolution)
         } else {
             let pipeline = Pipeline::start(
                 hub.clone(),
                 PipelineConfig {
                     mode: Mode::Annotate,
+                    max_resolution: config.max_resolution,
                     ..config.pipeline.clone()
                 },
                 hls.clone(),
             )?;
             pipelines.push(pipeline.clone());
-            Slot::new(Target::Pipeline(pipeline), None)
+            Slot::new(Target::Pipeline(pipeline), None, config.max_resolution)
         };
         let app = App {
             hub,
@@ -127,6 +138,7 @@ impl Server {
             app,
             input: Some(config.input),
             pipelines,
+            limits: config.connections,
         })
     }
 
@@ -148,6 +160,7 @@ impl Server {
             app,
             input,
             pipelines,
+            limits,
         } = self;
         let input_task = input.map(|input| {
             let slot = app.slot.clone();
@@ -157,13 +170,10 @@ impl Server {
             })
         });
         let (closing, closed) = tokio::sync::watch::channel(false);
-        let serving = warp::serve(http::routes(app.clone()))
-            .incoming(listener)
-            .graceful(async move {
-                let mut closed = closed;
-                let _ = closed.wait_for(|closed| *closed).await;
-            })
-            .run();
+        let serving = http::conn::serve(listener, http::routes(app.clone()), limits, async move {
+            let mut closed = closed;
+            let _ = closed.wait_for(|closed| *closed).await;
+        });
         tokio::pin!(serving);
         tokio::select! {
             _ = &mut serving => {}

@@ -210,13 +210,11 @@ async fn hours_of_streaming_do_not_creep_soak() {
     let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
     // A viewer on each path for the whole time, so every part of the server works.
     let webm_viewer = tokio::spawn(ws_collect(addr, Duration::from_secs(seconds)));
-    let hls_dir = loop {
-        let status = status(addr).await;
-        if let Some(dir) = status["hls"]["dir"].as_str() {
-            break std::path::PathBuf::from(dir);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let hls_dir = hls_dir_of(pid).await;
+    assert!(
+        status(addr).await["hls"].get("dir").is_none(),
+        "/api/status shows a server path"
+    );
     let started = Instant::now();
     let mut samples = Vec::new();
     while started.elapsed() < Duration::from_secs(seconds) {
@@ -260,7 +258,7 @@ async fn the_hls_directory_is_removed_when_the_server_stops() {
     let mut server = KillOnDrop(server);
     let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
     let (_, segments, _) = wait_for_segments(addr, 1).await;
-    let dir = std::path::PathBuf::from(status(addr).await["hls"]["dir"].as_str().unwrap());
+    let dir = hls_dir_of(server.0.id()).await;
     assert!(dir.join(&segments[0].1).is_file());
     sigterm(&server.0);
     let exited = tokio::task::spawn_blocking(move || server.0.wait().unwrap())

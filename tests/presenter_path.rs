@@ -15,7 +15,6 @@ use futures_util::StreamExt;
 use lenscast::http::HttpConfig;
 use lenscast::pipeline::PipelineConfig;
 use lenscast::source::Input;
-use lenscast::webm::ebml::{self, id, UNKNOWN_SIZE};
 use lenscast::webm::{Event, StreamReader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -332,74 +331,20 @@ async fn an_idle_presenter_is_ended_and_the_demo_resumes() {
     assert!(frames > 100, "only {frames} frames in 9 s");
 }
 
-/// One video frame: its bytes and whether it is a keyframe.
-type Frame = (Vec<u8>, bool);
-
-/// The video frames of a real file.
-fn frames_of(name: &str) -> Vec<Frame> {
-    let mut reader = StreamReader::new();
-    reader.push(&std::fs::read(fixture_path(name)).unwrap());
-    let mut frames = Vec::new();
-    while let Some(event) = reader.next_event().unwrap() {
-        if let Event::Block(block) = event {
-            frames.push((block.frame().to_vec(), block.keyframe));
-        }
-    }
-    frames
-}
-
-/// A live-style WebM (unknown sizes) carrying `frames` (320x240 VP8), whose Info says
-/// `scale` ns per tick, with one Cluster per (timestamp, frames) group.
-fn stream(scale: u64, clusters: &[(u64, &[Frame])], tick_per_frame: i16) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut header = Vec::new();
-    ebml::write_element(&mut header, id::DOC_TYPE, b"webm");
-    ebml::write_element(&mut out, id::EBML, &header);
-    ebml::write_id(&mut out, id::SEGMENT);
-    out.extend_from_slice(&UNKNOWN_SIZE);
-    let mut info = Vec::new();
-    ebml::write_uint(&mut info, id::TIMESTAMP_SCALE, scale);
-    ebml::write_element(&mut out, id::INFO, &info);
-    let mut entry = Vec::new();
-    ebml::write_uint(&mut entry, id::TRACK_NUMBER, 1);
-    ebml::write_uint(&mut entry, id::TRACK_TYPE, 1);
-    ebml::write_element(&mut entry, id::CODEC_ID, b"V_VP8");
-    let mut video = Vec::new();
-    ebml::write_uint(&mut video, id::PIXEL_WIDTH, 320);
-    ebml::write_uint(&mut video, id::PIXEL_HEIGHT, 240);
-    ebml::write_element(&mut entry, id::VIDEO, &video);
-    let mut tracks = Vec::new();
-    ebml::write_element(&mut tracks, id::TRACK_ENTRY, &entry);
-    ebml::write_element(&mut out, id::TRACKS, &tracks);
-    for (timestamp, frames) in clusters {
-        ebml::write_id(&mut out, id::CLUSTER);
-        out.extend_from_slice(&UNKNOWN_SIZE);
-        ebml::write_uint(&mut out, id::TIMESTAMP, *timestamp);
-        for (i, (frame, keyframe)) in frames.iter().enumerate() {
-            let mut block = vec![0x81];
-            block.extend_from_slice(&(i as i16 * tick_per_frame).to_be_bytes());
-            block.push(if *keyframe { 0x80 } else { 0 });
-            block.extend_from_slice(frame);
-            ebml::write_element(&mut out, id::SIMPLE_BLOCK, &block);
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_timestamps_end_their_source_and_never_reach_the_next() {
     let server = start_annotating(None, PipelineConfig::default(), HttpConfig::default()).await;
     let frames = frames_of("vp8.webm"); // 320x240, 15 fps, a keyframe every 15 frames
     let (first, second) = (&frames[..15], &frames[15..30]);
     let hostile: Vec<(&str, Vec<u8>)> = vec![
-        ("TimestampScale 1 ns", stream(1, &[(0, first)], 67)),
+        ("TimestampScale 1 ns", webm_stream(1, &[(0, first)], 67)),
         (
             "TimestampScale 10 s",
-            stream(10_000_000_000, &[(0, first)], 1),
+            webm_stream(10_000_000_000, &[(0, first)], 1),
         ),
         (
             "a block at -2^62",
-            stream(
+            webm_stream(
                 1_000_000,
                 &[(0, first), ((-(1i64 << 62)) as u64, second)],
                 67,
@@ -407,7 +352,7 @@ async fn hostile_timestamps_end_their_source_and_never_reach_the_next() {
         ),
         (
             "a jump of +10 h",
-            stream(1_000_000, &[(0, first), (36_000_000, second)], 67),
+            webm_stream(1_000_000, &[(0, first), (36_000_000, second)], 67),
         ),
     ];
     for (what, bytes) in &hostile {
@@ -471,15 +416,8 @@ async fn sigterm_closes_viewers_and_uploads_and_exits_within_3_s() {
     let mut server = KillOnDrop(child);
     let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
     // Wait for media to flow and the HLS mirror to have a directory.
-    let dir = loop {
-        let status = status(addr).await;
-        if status["bytes_sent"].as_u64().is_some() && status["source"]["state"] == "live" {
-            if let Some(dir) = status["hls"]["dir"].as_str() {
-                break std::path::PathBuf::from(dir);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let dir = hls_dir_of(server.0.id()).await;
+    wait_for_source(addr, "demo:face.webm", Duration::from_secs(10)).await;
 
     // A WebSocket viewer, reading until the server closes.
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/view"))

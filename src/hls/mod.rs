@@ -149,7 +149,9 @@ pub struct HlsStatus {
     /// The H.264 picture size, once the first picture has arrived.
     pub width: Option<u32>,
     pub height: Option<u32>,
-    /// The run directory.
+    /// The run directory: kept for the log and tests, never shown in `/api/status` (a
+    /// server path is nothing a viewer needs to know).
+    #[serde(skip)]
     pub dir: PathBuf,
     /// The latest error, if any (encoding goes on with the next picture or segment).
     pub error: Option<String>,

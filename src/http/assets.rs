@@ -101,21 +101,21 @@ pub fn response(name: &str) -> Response<Bytes> {
 /// Where hls.js lives inside an npm install.
 const HLS_JS: &str = "node_modules/hls.js/dist/hls.min.js";
 
-/// Finds hls.js: `$LENSCAST_HLS_JS`, else `node_modules` in the working directory or in any
-/// directory above the executable (so `target/release/lenscast` finds the repository's).
+/// Finds hls.js in a fixed, short list of places, never in whatever directory the server
+/// happens to run from (a writable working directory must not decide what script every
+/// viewer runs): `$LENSCAST_HLS_JS` if set; the repository the binary was built from (where
+/// `make` runs `npm ci`); and the repository two levels above the executable
+/// (`target/release/lenscast` in a checkout that was moved after building).
 fn find_hls_js() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("LENSCAST_HLS_JS") {
         return Some(PathBuf::from(path));
     }
-    let from_cwd = std::env::current_dir().ok().map(|dir| dir.join(HLS_JS));
-    let exe = std::env::current_exe().ok();
-    let from_exe = exe
-        .iter()
-        .flat_map(|exe| exe.ancestors().skip(1))
-        .map(|dir| dir.join(HLS_JS));
-    from_cwd
-        .into_iter()
-        .chain(from_exe)
+    let built_in = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(HLS_JS);
+    let beside_exe = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.join(HLS_JS)));
+    std::iter::once(built_in)
+        .chain(beside_exe)
         .find(|path| path.is_file())
 }
 

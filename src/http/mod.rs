@@ -4,6 +4,7 @@
 //! `with_app`, as in warp's own examples.
 
 mod assets;
+pub mod conn;
 pub mod hls;
 mod origin;
 pub mod publish;
@@ -31,14 +32,28 @@ pub enum HttpError {
     },
 }
 
-/// Largest WebSocket message a presenter may send (MediaRecorder chunks are far smaller).
-const MAX_PUBLISH_MESSAGE: usize = 8 * 1024 * 1024;
+/// Largest WebSocket message a presenter may send: the largest element the reader accepts
+/// (MediaRecorder's chunks are far smaller). Larger ones close with 1009.
+const MAX_PUBLISH_MESSAGE: usize = crate::webm::reader::DEFAULT_MAX_ELEMENT;
+/// Largest message a viewer may send: viewers only listen (a close frame, a ping), so a few
+/// KiB is plenty, and tungstenite's 64 MiB default would let each viewer pin that much.
+const MAX_VIEWER_MESSAGE: usize = 4 * 1024;
+
+/// True if a WebSocket read failed because a message or frame was over our size limit.
+pub(crate) fn too_large(error: &warp::Error) -> bool {
+    use tokio_tungstenite::tungstenite;
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|error| matches!(error, tungstenite::Error::Capacity(_)))
+}
 
 /// Settings the handlers need.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     /// Origins allowed to open WebSockets besides the server's own (exact `scheme://host:port`).
     pub allowed_origins: Vec<String>,
+    /// Names this server may be reached as, besides IP addresses and `localhost`.
+    pub allowed_hosts: Vec<String>,
     /// A viewer whose socket accepts nothing for this long is disconnected.
     pub viewer_send_timeout: Duration,
     /// A presenter that sends no media for this long is ended, and the input resumes.
@@ -49,6 +64,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             viewer_send_timeout: Duration::from_secs(10),
             presenter_idle: Duration::from_secs(5),
         }
@@ -107,6 +123,7 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = In
         .and(warp::path::end())
         .and(warp::get())
         .map(|name: String| assets::response(&name));
+    let host = origin::check_host(app.config.clone());
     let health = warp::path!("healthz").and(warp::get()).map(|| "ok\n");
     let status = warp::path!("api" / "status")
         .and(warp::get())
@@ -122,9 +139,11 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = In
         .and(origin::check(app.config.clone()))
         .and(warp::ws())
         .and(with_app(app.clone()))
-        .and(warp::addr::remote())
+        .and(conn::remote())
         .map(|ws: warp::ws::Ws, app: App, remote: Option<SocketAddr>| {
-            ws.on_upgrade(move |socket| view::websocket(socket, app, remote))
+            ws.max_message_size(MAX_VIEWER_MESSAGE)
+                .max_frame_size(MAX_VIEWER_MESSAGE)
+                .on_upgrade(move |socket| view::websocket(socket, app, remote))
         });
     let hls_files = warp::path!("hls" / String)
         .and(warp::get())
@@ -145,52 +164,59 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = In
     let present = warp::path!("present")
         .and(warp::get())
         .map(|| assets::response("present.html"));
-    let ws_publish =
-        warp::path!("ws" / "publish")
-            .and(warp::query::<PublishQuery>())
-            .and(origin::check(app.config.clone()))
-            // The upgrade is optional here so that a plain GET (all a page's `fetch` can send
-            // after its WebSocket failed) still learns the real reason: 401 or 409.
-            .and(warp::ws().map(Some).or(warp::any().map(|| None)).unify())
-            .and(with_app(app.clone()))
-            .and(warp::addr::remote())
-            .map(
-                |query: PublishQuery,
-                 ws: Option<warp::ws::Ws>,
-                 app: App,
-                 remote: Option<SocketAddr>| {
-                    // Refuse before the upgrade, so a browser sees a real 401/409.
-                    if let Err(refusal) =
-                        publish::precheck(&app, query.token.as_deref(), query.takeover)
-                    {
-                        tracing::warn!(?remote, ?refusal, "WebSocket publish refused");
-                        return warp::Reply::into_response(refusal.reply());
+    let ws_publish = warp::path!("ws" / "publish")
+        .and(warp::query::<PublishQuery>())
+        .and(origin::check(app.config.clone()))
+        // The upgrade is optional here so that a plain GET (all a page's `fetch` can send
+        // after its WebSocket failed) still learns the real reason: 401 or 409.
+        .and(warp::ws().map(Some).or(warp::any().map(|| None)).unify())
+        .and(with_app(app.clone()))
+        .and(conn::remote())
+        .map(
+            |query: PublishQuery,
+             ws: Option<warp::ws::Ws>,
+             app: App,
+             remote: Option<SocketAddr>| {
+                // Refuse before the upgrade, so a browser sees a real 401/409.
+                if let Err(refusal) =
+                    publish::precheck(&app, query.token.as_deref(), query.takeover, remote)
+                {
+                    if refusal.loggable() {
+                        tracing::info!(?remote, ?refusal, "WebSocket publish refused");
                     }
-                    let Some(ws) = ws else {
-                        return warp::Reply::into_response(warp::reply::with_status(
-                            "this endpoint takes a WebSocket upgrade (or use PUT /publish)\n",
-                            warp::http::StatusCode::BAD_REQUEST,
-                        ));
-                    };
-                    let takeover = query.takeover;
-                    warp::Reply::into_response(ws.max_message_size(MAX_PUBLISH_MESSAGE).on_upgrade(
-                        move |socket| publish::websocket(socket, app, takeover, remote),
-                    ))
-                },
-            );
+                    return refusal.reply();
+                }
+                let Some(ws) = ws else {
+                    return warp::Reply::into_response(warp::reply::with_status(
+                        "this endpoint takes a WebSocket upgrade (or use PUT /publish)\n",
+                        warp::http::StatusCode::BAD_REQUEST,
+                    ));
+                };
+                let takeover = query.takeover;
+                warp::Reply::into_response(
+                    ws.max_message_size(MAX_PUBLISH_MESSAGE)
+                        .max_frame_size(MAX_PUBLISH_MESSAGE)
+                        .on_upgrade(move |socket| {
+                            publish::websocket(socket, app, takeover, remote)
+                        }),
+                )
+            },
+        );
     let http_publish = warp::path!("publish")
         .and(warp::put().or(warp::post()).unify())
         .and(warp::query::<PublishQuery>())
         .and(with_app(app.clone()))
-        .and(warp::addr::remote())
+        .and(conn::remote())
         .and(warp::body::stream())
         .then(
             |query: PublishQuery, app: App, remote: Option<SocketAddr>, body| async move {
                 if let Err(refusal) =
-                    publish::precheck(&app, query.token.as_deref(), query.takeover)
+                    publish::precheck(&app, query.token.as_deref(), query.takeover, remote)
                 {
-                    tracing::warn!(?remote, ?refusal, "HTTP publish refused");
-                    return warp::Reply::into_response(refusal.reply());
+                    if refusal.loggable() {
+                        tracing::info!(?remote, ?refusal, "HTTP publish refused");
+                    }
+                    return refusal.reply();
                 }
                 warp::Reply::into_response(
                     publish::http_body(Box::pin(body), app, query.takeover, remote).await,
@@ -200,10 +226,9 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = In
     let live = warp::path!("live.webm")
         .and(warp::get())
         .and(with_app(app))
-        .and(warp::addr::remote())
+        .and(conn::remote())
         .map(|app: App, remote: Option<SocketAddr>| view::http_stream(app, remote));
-    health
-        .or(status)
+    let all = status
         .or(ws_view)
         .or(ws_publish)
         .or(http_publish)
@@ -213,8 +238,10 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = In
         .or(hls_js)
         .or(live)
         .or(index)
-        .or(page)
-        .recover(origin::recover)
+        .or(page);
+    // /healthz answers whatever the Host, for load balancers and probes that use an address
+    // or a name of their own.
+    health.or(host.and(all)).recover(origin::recover)
 }
 
 /// Binds `addr`, with an error that names it.

@@ -1,9 +1,14 @@
-//! The Origin check for WebSocket upgrades, and turning rejections into plain-text answers.
+//! The Host and Origin checks, and turning rejections into plain-text answers.
 //!
 //! Browsers send `Origin` on every WebSocket handshake, and any page on the web can open a
 //! WebSocket to any host; checking it is what stops another site from publishing into or
 //! reading from a lenscast that a user has open. Clients that are not browsers (ffmpeg, tests)
 //! send no Origin and are let through: the publish token is what guards them.
+//!
+//! The Origin check compares against the Host header, so Host must be trustworthy first: a
+//! DNS-rebinding page has its own name in both Origin and Host. So every request's Host must
+//! name this server: an IP address (what a rebinding attack cannot choose), `localhost`, or a
+//! name given with `--allow-host`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,7 +24,42 @@ pub struct ForbiddenOrigin(pub String);
 
 impl warp::reject::Reject for ForbiddenOrigin {}
 
-/// True if a WebSocket from `origin` may connect to a server reached as `host`.
+/// The Host header does not name this server.
+#[derive(Debug)]
+pub struct ForbiddenHost(pub String);
+
+impl warp::reject::Reject for ForbiddenHost {}
+
+/// The scheme our pages are served with (no TLS on this listener).
+const SCHEME: &str = "http://";
+
+/// The name part of a Host header (`name`, `name:port`, `[v6]:port`), lowercased.
+fn host_name(host: &str) -> String {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// True if a request with this Host header is meant for this server.
+pub fn host_allowed(host: Option<&str>, config: &HttpConfig) -> bool {
+    // HTTP/1.0 clients may send no Host; there is no name to rebind then.
+    let Some(host) = host else {
+        return true;
+    };
+    let name = host_name(host);
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name == "localhost"
+        || config
+            .allowed_hosts
+            .iter()
+            .any(|allowed| host_name(allowed) == name)
+}
+
+/// True if a WebSocket from `origin` may connect to a server reached as `host` (a Host that
+/// [`host_allowed`] has already accepted).
 pub fn allowed(origin: Option<&str>, host: Option<&str>, config: &HttpConfig) -> bool {
     let Some(origin) = origin else {
         return true;
@@ -31,10 +71,31 @@ pub fn allowed(origin: Option<&str>, host: Option<&str>, config: &HttpConfig) ->
     {
         return true;
     }
+    // Same origin means same scheme too: an https page is not this http server's page.
     let authority = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
+        .get(..SCHEME.len())
+        .filter(|scheme| scheme.eq_ignore_ascii_case(SCHEME))
+        .map(|_| &origin[SCHEME.len()..]);
     matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+}
+
+/// Rejects the request with 403 unless its Host names this server (see the module docs).
+pub fn check_host(config: Arc<HttpConfig>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::header::optional::<String>("host")
+        .and_then(move |host: Option<String>| {
+            let config = config.clone();
+            async move {
+                if host_allowed(host.as_deref(), &config) {
+                    Ok(())
+                } else {
+                    tracing::debug!(host = ?host, "request refused: Host not allowed");
+                    Err(warp::reject::custom(ForbiddenHost(
+                        host.unwrap_or_default(),
+                    )))
+                }
+            }
+        })
+        .untuple_one()
 }
 
 /// Rejects the request with 403 unless its Origin is allowed.
@@ -61,6 +122,11 @@ pub async fn recover(rejection: Rejection) -> Result<impl Reply, Infallible> {
         (
             StatusCode::FORBIDDEN,
             format!("origin {origin:?} may not open this WebSocket (see --allow-origin)\n"),
+        )
+    } else if let Some(ForbiddenHost(host)) = rejection.find() {
+        (
+            StatusCode::FORBIDDEN,
+            format!("Host {host:?} is not a name of this server (see --allow-host)\n"),
         )
     } else if rejection.is_not_found() {
         (StatusCode::NOT_FOUND, "not found\n".to_string())
@@ -110,5 +176,36 @@ mod tests {
             &config
         ));
         assert!(!allowed(Some("null"), Some("127.0.0.1:8080"), &config));
+        // Same authority, other scheme: not the same origin.
+        assert!(!allowed(
+            Some("https://127.0.0.1:8080"),
+            Some("127.0.0.1:8080"),
+            &config
+        ));
+    }
+
+    #[test]
+    fn only_addresses_localhost_and_listed_names_are_hosts_of_ours() {
+        let config = HttpConfig {
+            allowed_hosts: vec!["live.example.org".into()],
+            ..HttpConfig::default()
+        };
+        for host in [
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "10.1.2.3",
+            "localhost:8080",
+            "LIVE.example.org:443",
+            "live.example.org",
+        ] {
+            assert!(host_allowed(Some(host), &config), "{host}");
+        }
+        for host in [
+            "attacker.example",
+            "attacker.example:8080",
+            "localhost.evil",
+        ] {
+            assert!(!host_allowed(Some(host), &config), "{host}");
+        }
     }
 }

@@ -11,8 +11,13 @@
 //! [`Feeder`]. The body returns a typed [`Outcome`], which each transport maps to its own
 //! answer: a WebSocket close code, or an HTTP status.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
 
 use bytes::{Buf, Bytes};
 use futures_util::{SinkExt, Stream, StreamExt};
@@ -22,40 +27,107 @@ use warp::ws::{Message, WebSocket};
 use super::App;
 use crate::source::{ClaimError, EndReason, Feeder, IngestError, SourceKind};
 
-/// The publish token.
-#[derive(Debug)]
+/// Wrong tokens answered per client address: a burst of this many...
+const WRONG_TOKEN_BURST: u32 = 5;
+/// ...then this many a minute; more get 429 until the budget refills. Guessing a 128-bit
+/// token at 10 a minute is hopeless, and a presenter who mistyped waits seconds at most.
+const WRONG_TOKENS_PER_MINUTE: u32 = 10;
+/// Addresses remembered before forgetting those whose budget is full again (bounds memory).
+const MAX_TRACKED_ADDRESSES: usize = 10_000;
+
+/// The publish token, and the budget of wrong guesses per client address.
 pub struct Publishing {
     token: String,
+    /// governor's keyed GCRA limiter: one small state per address, no timers.
+    wrong_tokens: DefaultKeyedRateLimiter<IpAddr>,
+    /// Wrong tokens refused with 429 since the last log line, so the log gets one line per
+    /// allowed guess with a count, never one per attempt.
+    throttled: AtomicU64,
+}
+
+impl std::fmt::Debug for Publishing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token: Debug output can end up in logs.
+        f.debug_struct("Publishing").finish_non_exhaustive()
+    }
 }
 
 /// Why a presenter was turned away before publishing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     BadToken,
+    /// Too many wrong tokens from this address; try again after this long.
+    TooManyGuesses(Duration),
     Claim(ClaimError),
 }
 
 impl Refusal {
     /// The HTTP answer for this refusal.
-    pub fn reply(self) -> warp::reply::WithStatus<String> {
+    pub fn reply(self) -> warp::reply::Response {
+        use warp::Reply;
         let (text, status) = match self {
             Refusal::BadToken => (
                 "missing or wrong publish token (see the presenter URL printed at start)".into(),
                 StatusCode::UNAUTHORIZED,
+            ),
+            Refusal::TooManyGuesses(wait) => (
+                format!(
+                    "too many wrong publish tokens from this address; retry in {} s",
+                    wait.as_secs() + 1
+                ),
+                StatusCode::TOO_MANY_REQUESTS,
             ),
             Refusal::Claim(error @ ClaimError::Busy) => (error.to_string(), StatusCode::CONFLICT),
             Refusal::Claim(error @ ClaimError::Closed) => {
                 (error.to_string(), StatusCode::SERVICE_UNAVAILABLE)
             }
         };
-        warp::reply::with_status(format!("{text}\n"), status)
+        let mut response = warp::reply::with_status(format!("{text}\n"), status).into_response();
+        if let Refusal::TooManyGuesses(wait) = self {
+            let seconds = (wait.as_secs() + 1).to_string();
+            if let Ok(value) = seconds.parse() {
+                response.headers_mut().insert("retry-after", value);
+            }
+        }
+        response
+    }
+
+    /// True for refusals worth a log line of their own (wrong tokens are logged, aggregated,
+    /// by [`Publishing`]).
+    pub fn loggable(self) -> bool {
+        matches!(self, Refusal::Claim(_))
     }
 }
 
 impl Publishing {
     /// Publishing guarded by `token`.
     pub fn new(token: String) -> Self {
-        Publishing { token }
+        let quota = Quota::per_minute(NonZeroU32::new(WRONG_TOKENS_PER_MINUTE).expect("non-zero"))
+            .allow_burst(NonZeroU32::new(WRONG_TOKEN_BURST).expect("non-zero"));
+        Publishing {
+            token,
+            wrong_tokens: DefaultKeyedRateLimiter::keyed(quota),
+            throttled: AtomicU64::new(0),
+        }
+    }
+
+    /// A wrong token from `from`: 401 while its budget lasts (logged with the count of
+    /// attempts throttled since the last line), 429 after.
+    fn wrong_token(&self, from: IpAddr) -> Refusal {
+        if self.wrong_tokens.len() > MAX_TRACKED_ADDRESSES {
+            self.wrong_tokens.retain_recent();
+        }
+        match self.wrong_tokens.check_key(&from) {
+            Ok(()) => {
+                let throttled = self.throttled.swap(0, Ordering::Relaxed);
+                tracing::warn!(%from, throttled_since_last_line = throttled, "wrong publish token");
+                Refusal::BadToken
+            }
+            Err(not_until) => {
+                self.throttled.fetch_add(1, Ordering::Relaxed);
+                Refusal::TooManyGuesses(not_until.wait_time_from(DefaultClock::default().now()))
+            }
+        }
     }
 
     /// Checks the token in constant time (no early exit that would leak a matching prefix).
@@ -69,9 +141,15 @@ impl Publishing {
 }
 
 /// Checks whether a presenter could start now (for refusing before an upgrade or body).
-pub fn precheck(app: &App, token: Option<&str>, takeover: bool) -> Result<(), Refusal> {
+pub fn precheck(
+    app: &App,
+    token: Option<&str>,
+    takeover: bool,
+    remote: Option<SocketAddr>,
+) -> Result<(), Refusal> {
     if !app.publishing.token_ok(token) {
-        return Err(Refusal::BadToken);
+        let from = remote.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |r| r.ip());
+        return Err(app.publishing.wrong_token(from));
     }
     app.slot
         .check(SourceKind::Presenter, takeover)
@@ -101,6 +179,8 @@ pub enum Incoming {
     Finished,
     /// The connection failed.
     Lost,
+    /// A WebSocket message over the size limit.
+    TooLarge,
 }
 
 /// A presenter's connection, whatever carries it.
@@ -129,6 +209,8 @@ pub enum Outcome {
     Idle(Duration),
     /// What it sent was refused.
     Refused(IngestError),
+    /// One WebSocket message was larger than any element we accept.
+    TooLarge,
 }
 
 impl std::fmt::Display for Outcome {
@@ -138,6 +220,11 @@ impl std::fmt::Display for Outcome {
             Outcome::Ended(reason) => write!(f, "{reason}"),
             Outcome::Idle(after) => write!(f, "no media for {} s", after.as_secs_f64()),
             Outcome::Refused(error) => write!(f, "{error}"),
+            Outcome::TooLarge => write!(
+                f,
+                "a WebSocket message was over the {} MiB limit",
+                super::MAX_PUBLISH_MESSAGE >> 20
+            ),
         }
     }
 }
@@ -155,6 +242,7 @@ impl Outcome {
                 IngestError::Webm { .. } | IngestError::Codec { .. } | IngestError::NoVideo(_),
             ) => 1003,
             Outcome::Idle(_) | Outcome::Refused(_) => 1008,
+            Outcome::TooLarge => 1009,
         }
     }
 
@@ -166,6 +254,7 @@ impl Outcome {
             Outcome::Ended(_) => StatusCode::CONFLICT,
             Outcome::Idle(_) => StatusCode::REQUEST_TIMEOUT,
             Outcome::Refused(_) => StatusCode::BAD_REQUEST,
+            Outcome::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 }
@@ -185,7 +274,7 @@ pub async fn present<T: Transport>(
         .claim(name, SourceKind::Presenter, takeover)
         .await?;
     tracing::info!(?remote, takeover, source = name, "presenter connected");
-    let mut feeder = Feeder::new(guard, app.slot.annotates(), None, true);
+    let mut feeder = Feeder::new(guard, None, true);
     let idle = app.config.presenter_idle;
     let mut received: u64 = 0;
     let mut last_media = tokio::time::Instant::now();
@@ -210,7 +299,13 @@ pub async fn present<T: Transport>(
                     }
                 }
                 Incoming::Other => {}
-                Incoming::Finished => break Outcome::Finished(T::FINISHED),
+                // A clean end must also end on an element boundary: a cut-off stream is
+                // refused with the reason rather than reported as finished.
+                Incoming::Finished => match feeder.finish() {
+                    Ok(()) => break Outcome::Finished(T::FINISHED),
+                    Err(error) => break Outcome::Refused(error),
+                },
+                Incoming::TooLarge => break Outcome::TooLarge,
                 Incoming::Lost => break Outcome::Lost(T::LOST),
             },
             reason = feeder.superseded() => break Outcome::Ended(reason),
@@ -232,7 +327,7 @@ pub async fn present<T: Transport>(
         feeder.end(&reason).await;
     }
     match &outcome {
-        Outcome::Refused(_) | Outcome::Idle(_) => {
+        Outcome::Refused(_) | Outcome::Idle(_) | Outcome::TooLarge => {
             tracing::warn!(?remote, received, %reason, "presenter ended")
         }
         _ => tracing::info!(?remote, received, %reason, "presenter left"),
@@ -263,6 +358,7 @@ impl Transport for WsTransport {
             Some(Ok(message)) if message.is_binary() => Incoming::Media(message.into_bytes()),
             Some(Ok(message)) if message.is_close() => Incoming::Finished,
             Some(Ok(_)) => Incoming::Other,
+            Some(Err(error)) if super::too_large(&error) => Incoming::TooLarge,
             Some(Err(_)) | None => Incoming::Lost,
         }
     }
@@ -333,7 +429,7 @@ pub async fn http_body<S, B>(
     app: App,
     takeover: bool,
     remote: Option<SocketAddr>,
-) -> warp::reply::WithStatus<String>
+) -> warp::reply::Response
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
     B: Buf + Send + 'static,
@@ -343,10 +439,10 @@ where
         pending: None,
     };
     match present(&app, &mut transport, "presenter:http", takeover, remote).await {
-        Ok((outcome, received)) => warp::reply::with_status(
+        Ok((outcome, received)) => warp::Reply::into_response(warp::reply::with_status(
             format!("{outcome}; received {received} bytes\n"),
             outcome.http_status(),
-        ),
+        )),
         Err(error) => Refusal::Claim(error).reply(),
     }
 }

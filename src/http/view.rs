@@ -15,6 +15,12 @@ use crate::hub::{Chunk, ChunkKind};
 
 /// Chunks queued for one `/live.webm` response before its writer waits.
 const HTTP_QUEUE: usize = 64;
+/// A viewer's connection gets a keepalive after this long without media (the broadcast is
+/// paused, or there is no source yet), so the idle-connection timeout never ends a viewer
+/// who is only waiting.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+/// An empty EBML Void element: valid anywhere in a WebM stream, skipped by every reader.
+const VOID: &[u8] = &[0xEC, 0x80];
 
 static NEXT_VIEWER: AtomicU64 = AtomicU64::new(1);
 
@@ -40,9 +46,18 @@ pub async fn websocket(socket: WebSocket, app: App, remote: Option<SocketAddr>) 
     tracing::info!(viewer = id, ?remote, via = "ws", "viewer joined");
     let (mut tx, mut rx) = socket.split();
     let timeout = app.config.viewer_send_timeout;
+    let mut keepalive =
+        tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
     let reason = loop {
         tokio::select! {
+            _ = keepalive.tick() => {
+                if tokio::time::timeout(timeout, tx.send(Message::ping(Vec::new()))).await.is_err() {
+                    app.hub.count_slow_drop();
+                    break "socket blocked too long";
+                }
+            }
             chunk = viewer.next() => {
+                keepalive.reset();
                 let Ok(chunk) = chunk else {
                     // Best effort, bounded: a blocked socket may not take the close frame.
                     let _ = tokio::time::timeout(
@@ -77,6 +92,14 @@ pub async fn websocket(socket: WebSocket, app: App, remote: Option<SocketAddr>) 
             msg = rx.next() => match msg {
                 Some(Ok(msg)) if msg.is_close() => break "closed by viewer",
                 Some(Ok(_)) => {}
+                Some(Err(error)) if super::too_large(&error) => {
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_millis(200),
+                        tx.send(Message::close_with(1009u16, "viewers may send at most 4 KiB")),
+                    )
+                    .await;
+                    break "sent a message over the size limit";
+                }
                 Some(Err(_)) | None => break "connection lost",
             }
         }
@@ -99,10 +122,27 @@ pub fn http_stream(app: App, remote: Option<SocketAddr>) -> warp::reply::Respons
     // The writer runs apart from the response body so that a client that stops reading is
     // noticed (the queue stays full past the timeout) and dropped, instead of pinning the hub.
     tokio::spawn(async move {
+        let mut started = false;
         let reason = loop {
-            let Ok(chunk) = viewer.next().await else {
+            let next = match tokio::time::timeout(KEEPALIVE, viewer.next()).await {
+                Ok(next) => next,
+                // Quiet: a Void keeps the connection alive (only once the stream has begun:
+                // a WebM file must start with its EBML header).
+                Err(_) if started => {
+                    match queue
+                        .send_timeout(Ok(bytes::Bytes::from_static(VOID)), timeout)
+                        .await
+                    {
+                        Ok(()) => continue,
+                        Err(_) => break "client gone or blocked",
+                    }
+                }
+                Err(_) => continue,
+            };
+            let Ok(chunk) = next else {
                 break "server shutting down";
             };
+            started = true;
             match queue.send_timeout(Ok(chunk.bytes.clone()), timeout).await {
                 Ok(()) => app.hub.count_sent(&chunk),
                 Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {

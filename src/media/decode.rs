@@ -57,8 +57,9 @@ pub struct VideoDecoder {
 }
 
 impl VideoDecoder {
-    /// Opens a decoder for `track` (VP8, VP9 or H.264).
-    pub fn new(track: &Track) -> Result<Self, DecodeError> {
+    /// Opens a decoder for `track` (VP8, VP9 or H.264) that refuses pictures of more than
+    /// `max_pixels` before allocating them.
+    pub fn new(track: &Track, max_pixels: u64) -> Result<Self, DecodeError> {
         init();
         let id = codec_for(&track.codec_id)
             .ok_or_else(|| DecodeError::Unsupported(track.codec_id.clone()))?;
@@ -74,6 +75,12 @@ impl VideoDecoder {
         });
         if let Some(private) = track.codec_private.as_deref() {
             set_extradata(&mut context, private);
+        }
+        // SAFETY: a plain integer field of the context we own, set before it is opened.
+        // ffmpeg-next has no setter; without it a keyframe that claims 16000x16000 makes
+        // FFmpeg allocate ~1 GB for one picture.
+        unsafe {
+            (*context.as_mut_ptr()).max_pixels = max_pixels.min(i64::MAX as u64) as i64;
         }
         let decoder = context.decoder().video()?;
         Ok(VideoDecoder {

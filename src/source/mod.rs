@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::clock::{ClockError, MediaTime, SourceClock};
 use crate::media::decode::{self, DecodeError};
+use crate::media::Resolution;
 use crate::webm::{Event, StreamReader, WebmError};
 
 pub use pace::Pacer;
@@ -51,12 +52,9 @@ pub enum IngestError {
     #[error("{0} has no video track; only --passthrough broadcasts audio-only streams")]
     NoVideo(String),
     #[error(
-        "{source_name} runs {ahead} ahead of real time; publish at real time (e.g. ffmpeg -re)"
+        "{source_name} sends faster than real time: {why}; publish at real time (e.g. ffmpeg -re)"
     )]
-    TooFast {
-        source_name: String,
-        ahead: MediaTime,
-    },
+    TooFast { source_name: String, why: String },
     #[error("{source_name}: {error}")]
     Clock {
         source_name: String,
@@ -65,6 +63,15 @@ pub enum IngestError {
     },
     #[error("{0} holds no media blocks, so there is nothing to loop")]
     Empty(String),
+    #[error("{0} was cut off inside an element (the stream ends mid-element)")]
+    Truncated(String),
+    #[error("{source_name} sends {width}x{height} pictures, over --max-resolution {max}")]
+    TooLarge {
+        source_name: String,
+        width: u32,
+        height: u32,
+        max: Resolution,
+    },
     #[error("{source_name} stopped: {reason}")]
     Ended {
         source_name: String,
@@ -95,30 +102,91 @@ impl Input {
     /// A name for logs and `/api/status`.
     pub fn name(&self) -> String {
         match self {
-            Input::File(path) => format!("file:{}", path.display()),
+            // Only the file's name: this shows in `/api/status`, which anyone may read.
+            Input::File(path) => format!(
+                "file:{}",
+                path.file_name().map_or_else(
+                    || path.display().to_string(),
+                    |name| name.to_string_lossy().into_owned()
+                )
+            ),
             Input::Memory { name, .. } => name.clone(),
             Input::Stdin => "stdin".to_string(),
         }
     }
 }
 
-/// Refuses a live source that sends media faster than real time.
+/// Blocks a live upload may send per second on average (30 fps video + 50/s Opus is 80;
+/// 240 fps screen capture with audio fits). All-zero or backward timestamps do not advance
+/// media time, so this is what bounds a flood of them.
+pub const MAX_BLOCKS_PER_SECOND: u64 = 300;
+/// Bytes a live upload may send per second on average (40 Mbit/s, far above a webcam's).
+pub const MAX_BYTES_PER_SECOND: u64 = 5_000_000;
+
+/// Refuses a live upload that sends media faster than real time: one budget for the whole
+/// upload, across concatenated streams, in media time, in blocks and in bytes, each with
+/// [`MAX_AHEAD_OF_REAL_TIME`] of slack for network bursts.
 #[derive(Debug, Default)]
 pub struct RealtimeGuard {
-    /// Wall-clock instant and media time of the first block of the current stream.
-    origin: Option<(Instant, MediaTime)>,
+    /// When the upload's first byte arrived.
+    start: Option<Instant>,
+    /// Media time covered by the streams before the current one.
+    earlier_streams: MediaTime,
+    /// First and latest block time of the current stream.
+    stream: Option<(MediaTime, MediaTime)>,
+    blocks: u64,
+    bytes: u64,
 }
 
 impl RealtimeGuard {
-    /// Checks one event; returns how far ahead of real time the source is, if too far.
-    fn check(&mut self, event: &Event) -> Option<MediaTime> {
+    fn elapsed(&mut self) -> Duration {
+        self.start.get_or_insert_with(Instant::now).elapsed()
+    }
+
+    /// The most of something allowed by now at `per_second`, slack included.
+    fn allowance(&mut self, per_second: u64) -> u64 {
+        let seconds = (self.elapsed() + MAX_AHEAD_OF_REAL_TIME).as_secs_f64();
+        (seconds * per_second as f64) as u64
+    }
+
+    /// Counts received bytes; the reason if they come too fast.
+    fn bytes(&mut self, n: usize) -> Option<String> {
+        self.bytes += n as u64;
+        if self.bytes <= self.allowance(MAX_BYTES_PER_SECOND) {
+            return None;
+        }
+        let elapsed = self.elapsed().as_secs_f64();
+        Some(format!(
+            "{} MB in {elapsed:.1} s (at most {} MB/s)",
+            self.bytes / 1_000_000,
+            MAX_BYTES_PER_SECOND / 1_000_000
+        ))
+    }
+
+    /// Checks one event; the reason if the upload runs ahead of real time.
+    fn check(&mut self, event: &Event) -> Option<String> {
         match event {
-            Event::Header { .. } => self.origin = None,
+            Event::Header { .. } => {
+                // A new stream: what the last one covered still counts.
+                if let Some((first, latest)) = self.stream.take() {
+                    self.earlier_streams = self.earlier_streams + (latest - first);
+                }
+            }
             Event::Block(block) => {
-                let (start, base) = *self.origin.get_or_insert((Instant::now(), block.time));
-                let ahead = (block.time - base) - MediaTime::from_duration(start.elapsed());
+                self.blocks += 1;
+                if self.blocks > self.allowance(MAX_BLOCKS_PER_SECOND) {
+                    let elapsed = self.elapsed().as_secs_f64();
+                    return Some(format!(
+                        "{} blocks in {elapsed:.1} s (at most {MAX_BLOCKS_PER_SECOND} a second)",
+                        self.blocks
+                    ));
+                }
+                let (first, latest) = self.stream.get_or_insert((block.time, block.time));
+                *latest = (*latest).max(block.time);
+                let media = self.earlier_streams + (*latest - *first);
+                let ahead = media - MediaTime::from_duration(self.elapsed());
                 if ahead > MediaTime::from_duration(MAX_AHEAD_OF_REAL_TIME) {
-                    return Some(ahead);
+                    return Some(format!("{ahead} ahead of real time"));
                 }
             }
             _ => {}
@@ -130,8 +198,13 @@ impl RealtimeGuard {
 /// Turns one source's bytes into events for the slot: parse, check, pace, deliver.
 pub struct Feeder {
     guard: SourceGuard,
-    /// Whether the next stage decodes video (then the codec must be one we decode).
+    /// Whether the next stage annotates (then there must be video, in a codec we decode).
     annotates: bool,
+    /// The largest picture allowed, when the next stage decodes video.
+    max_resolution: Option<Resolution>,
+    /// The current stream's video track and whether it is VP8 (whose keyframes we size-check
+    /// before they reach the decoder).
+    video: Option<(u64, bool)>,
     reader: StreamReader,
     clock: SourceClock,
     pacer: Option<Pacer>,
@@ -142,10 +215,15 @@ pub struct Feeder {
 impl Feeder {
     /// A feeder for the source holding `guard`. `pacer` releases blocks in real time (files);
     /// `realtime` refuses a live source that runs ahead of real time (uploads).
-    pub fn new(guard: SourceGuard, annotates: bool, pacer: Option<Pacer>, realtime: bool) -> Self {
+    pub fn new(guard: SourceGuard, pacer: Option<Pacer>, realtime: bool) -> Self {
+        let slot = guard.slot();
+        let annotates = slot.annotates();
+        let max_resolution = slot.decodes().then(|| slot.max_resolution());
         Feeder {
             guard,
             annotates,
+            max_resolution,
+            video: None,
             reader: StreamReader::new(),
             clock: SourceClock::new(),
             pacer,
@@ -162,6 +240,14 @@ impl Feeder {
     /// Blocks delivered so far.
     pub fn blocks(&self) -> u64 {
         self.blocks
+    }
+
+    /// Checks that the bytes so far end on an element boundary: call when the input ends.
+    pub fn finish(&self) -> Result<(), IngestError> {
+        if self.reader.mid_element() {
+            return Err(IngestError::Truncated(self.name().to_string()));
+        }
+        Ok(())
     }
 
     /// Completes when another source takes the slot, with why.
@@ -184,6 +270,12 @@ impl Feeder {
 
     /// Feeds received bytes; every complete event is checked and delivered.
     pub async fn feed(&mut self, data: &[u8]) -> Result<(), IngestError> {
+        if let Some(why) = self.realtime.as_mut().and_then(|g| g.bytes(data.len())) {
+            return Err(IngestError::TooFast {
+                source_name: self.name().to_string(),
+                why,
+            });
+        }
         self.reader.push(data);
         loop {
             let event = self
@@ -215,14 +307,31 @@ impl Feeder {
 
     fn check(&mut self, event: &Event) -> Result<(), IngestError> {
         let name = || self.guard.name().to_string();
+        let too_large = |width: u32, height: u32, max: Resolution| IngestError::TooLarge {
+            source_name: name(),
+            width,
+            height,
+            max,
+        };
         match event {
             Event::Header { .. } => self.clock.restart(),
-            Event::Tracks(tracks) if self.annotates => {
-                let video = tracks.video().ok_or_else(|| IngestError::NoVideo(name()))?;
-                decode::check_supported(video).map_err(|error| IngestError::Codec {
-                    source_name: name(),
-                    error,
-                })?;
+            Event::Tracks(tracks) => {
+                let video = tracks.video();
+                self.video = video.map(|v| (v.number, v.codec_id == "V_VP8"));
+                if self.annotates {
+                    let video = video.ok_or_else(|| IngestError::NoVideo(name()))?;
+                    decode::check_supported(video).map_err(|error| IngestError::Codec {
+                        source_name: name(),
+                        error,
+                    })?;
+                }
+                if let (Some(max), Some(video)) = (self.max_resolution, video) {
+                    if let (Some(w), Some(h)) = (video.width, video.height) {
+                        if !max.admits(w, h) {
+                            return Err(too_large(w, h, max));
+                        }
+                    }
+                }
             }
             Event::Block(block) => {
                 self.clock
@@ -231,13 +340,22 @@ impl Feeder {
                         source_name: name(),
                         error,
                     })?;
+                if let (Some(max), Some((track, true))) = (self.max_resolution, self.video) {
+                    if block.track == track && block.keyframe {
+                        if let Some((w, h)) = crate::media::vp8_keyframe_size(&block.frame()) {
+                            if !max.admits(w, h) {
+                                return Err(too_large(w, h, max));
+                            }
+                        }
+                    }
+                }
             }
             _ => {}
         }
-        if let Some(ahead) = self.realtime.as_mut().and_then(|g| g.check(event)) {
+        if let Some(why) = self.realtime.as_mut().and_then(|g| g.check(event)) {
             return Err(IngestError::TooFast {
                 source_name: name(),
-                ahead,
+                why,
             });
         }
         Ok(())
@@ -254,7 +372,7 @@ pub async fn run(input: Input, slot: Slot) -> Result<(), IngestError> {
             let Ok(guard) = slot.claim(&name, SourceKind::Input, false).await else {
                 return Ok(());
             };
-            let mut feeder = Feeder::new(guard, slot.annotates(), None, false);
+            let mut feeder = Feeder::new(guard, None, false);
             let result = read_all(tokio::io::stdin(), &mut feeder).await;
             finish(feeder, &result).await;
             result
@@ -313,7 +431,7 @@ where
             Err(ClaimError::Closed) => return Ok(()),
         };
         // A fresh pacer: after a pause the file's clock starts again at now.
-        let mut feeder = Feeder::new(guard, slot.annotates(), Some(Pacer::new()), false);
+        let mut feeder = Feeder::new(guard, Some(Pacer::new()), false);
         let result = loop_source(&mut feeder, &open).await;
         match result {
             Err(IngestError::Ended { reason, .. }) => {
@@ -367,7 +485,7 @@ where
                 error,
             })?;
         if n == 0 {
-            return Ok(());
+            return feeder.finish();
         }
         feeder.feed(&buf[..n]).await?;
     }

@@ -22,6 +22,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use crate::hub::Hub;
+use crate::media::Resolution;
 use crate::pipeline::{Message, Pipeline};
 use crate::webm::{Event, LiveMuxer, Output};
 
@@ -131,6 +132,8 @@ struct Shared {
     state: Mutex<State>,
     occupancy: watch::Sender<Occupancy>,
     next_id: AtomicU64,
+    /// The largest picture a source may send when we decode (`--max-resolution`).
+    max_resolution: Resolution,
 }
 
 /// The cheap, cloneable handle to the slot.
@@ -141,7 +144,7 @@ pub struct Slot {
 
 impl Slot {
     /// A slot delivering to `target`, and to `mirror` too if given (passthrough with HLS).
-    pub fn new(target: Target, mirror: Option<Pipeline>) -> Self {
+    pub fn new(target: Target, mirror: Option<Pipeline>, max_resolution: Resolution) -> Self {
         Slot {
             shared: Arc::new(Shared {
                 target,
@@ -159,6 +162,7 @@ impl Slot {
                 }),
                 occupancy: watch::channel(Occupancy::default()).0,
                 next_id: AtomicU64::new(1),
+                max_resolution,
             }),
         }
     }
@@ -174,6 +178,16 @@ impl Slot {
     /// True when sources go through the annotation pipeline.
     pub fn annotates(&self) -> bool {
         matches!(self.shared.target, Target::Pipeline(_))
+    }
+
+    /// True when sources' video is decoded (annotating, or feeding the HLS mirror).
+    pub fn decodes(&self) -> bool {
+        self.pipeline().is_some()
+    }
+
+    /// The largest picture a source may send when we decode it.
+    pub fn max_resolution(&self) -> Resolution {
+        self.shared.max_resolution
     }
 
     /// The pipeline: the annotating one, or in passthrough mode the mirror's, if any.
@@ -343,6 +357,11 @@ pub struct SourceGuard {
 }
 
 impl SourceGuard {
+    /// The slot this guard holds (or held).
+    pub fn slot(&self) -> &Slot {
+        &self.slot
+    }
+
     /// The source's name (`presenter:ws`, `stdin`, ...).
     pub fn name(&self) -> &str {
         &self.name
@@ -429,7 +448,7 @@ mod tests {
     use futures_util::FutureExt;
 
     fn slot() -> Slot {
-        Slot::new(Target::remux(Hub::default()), None)
+        Slot::new(Target::remux(Hub::default()), None, Resolution::DEFAULT)
     }
 
     #[tokio::test]

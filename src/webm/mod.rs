@@ -30,6 +30,8 @@ pub enum WebmError {
     ChildOverrun(u32),
     #[error("element 0x{0:X} is not allowed here")]
     Misplaced(u32),
+    #[error("Tracks declares more than {0} tracks")]
+    TooManyTracks(usize),
     #[error("a Cluster arrived before Tracks (or Tracks never came)")]
     TracksMissing,
     #[error("a block arrived before its Cluster's Timestamp")]

@@ -23,6 +23,16 @@ use crate::clock::{ClockError, MediaTime, TimestampScale};
 
 /// Largest element the reader will buffer whole (blocks, Info, Tracks) unless told otherwise.
 pub const DEFAULT_MAX_ELEMENT: usize = 16 * 1024 * 1024;
+/// Largest element the reader will skip unread (Cues, Tags, Void, ...). Real files keep these
+/// to a few MiB even for hours of media; a declared terabyte is an attack, not metadata.
+pub const MAX_SKIPPED_ELEMENT: u64 = 256 * 1024 * 1024;
+/// Most tracks a stream may declare: a webcam sends two, a rich file a handful.
+pub const MAX_TRACKS: usize = 16;
+/// Longest CodecID we accept (real ones are like `V_MPEG4/ISO/AVC`).
+pub const MAX_CODEC_ID: usize = 64;
+/// Largest CodecPrivate we accept (an avcC record or OpusHead is tens of bytes; 64 KiB leaves
+/// room for rich H.264 parameter sets).
+pub const MAX_CODEC_PRIVATE: usize = 64 * 1024;
 
 /// What kind of media a track carries (Matroska TrackType).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -169,6 +179,10 @@ pub struct StreamReader {
     cluster_timecode: Option<u64>,
     /// The current stream's TimestampScale (from its Info).
     scale: TimestampScale,
+    /// Track numbers the current stream's Tracks declared; blocks of others are dropped.
+    declared: Vec<u64>,
+    /// Blocks dropped because their track was never declared.
+    undeclared_blocks: u64,
     max_element: usize,
 }
 
@@ -196,6 +210,8 @@ impl StreamReader {
             stream_start: 0,
             cluster_timecode: None,
             scale: TimestampScale::default(),
+            declared: Vec::new(),
+            undeclared_blocks: 0,
             max_element,
         }
     }
@@ -213,6 +229,17 @@ impl StreamReader {
     /// Total bytes consumed so far.
     pub fn position(&self) -> u64 {
         self.offset
+    }
+
+    /// True if the bytes so far end inside an element (or a header): a stream that stops here
+    /// was cut off.
+    pub fn mid_element(&self) -> bool {
+        self.skipping > 0 || !self.buf.is_empty()
+    }
+
+    /// Blocks dropped so far because their track number was never declared in Tracks.
+    pub fn undeclared_blocks(&self) -> u64 {
+        self.undeclared_blocks
     }
 
     /// True between a Cluster's start and its end.
@@ -353,6 +380,7 @@ impl StreamReader {
                     return Ok(Step::NeedMore);
                 };
                 let tracks = parse_tracks(bytes, header.len)?;
+                self.declared = tracks.tracks.iter().map(|t| t.number).collect();
                 self.seen_tracks = true;
                 Ok(Step::Event(Event::Tracks(tracks)))
             }
@@ -383,6 +411,12 @@ impl StreamReader {
                     return Ok(Step::NeedMore);
                 };
                 let block = parse_block(bytes, &header, cluster_timecode, self.scale)?;
+                if !self.declared.contains(&block.track) {
+                    // Nothing downstream could use it; dropping it here keeps per-track work
+                    // (and state) bounded by the declared tracks.
+                    self.undeclared_blocks += 1;
+                    return Ok(Step::Continue);
+                }
                 Ok(Step::Event(Event::Block(block)))
             }
             (Some(Master::Cluster), other) if is_level1(other) || other == id::SEGMENT => {
@@ -441,6 +475,13 @@ impl StreamReader {
         let Size::Known(size) = header.size else {
             return Err(WebmError::UnknownSizeNotAllowed(header.id));
         };
+        if size > MAX_SKIPPED_ELEMENT {
+            return Err(WebmError::ElementTooLarge {
+                id: header.id,
+                size,
+                max: MAX_SKIPPED_ELEMENT as usize,
+            });
+        }
         self.buf.advance(header.len);
         self.offset += header.len as u64;
         self.skipping = size;
@@ -506,6 +547,9 @@ fn parse_tracks(bytes: Bytes, header_len: usize) -> Result<Tracks, WebmError> {
     for child in ebml::children(&bytes[header_len..]) {
         let (child_id, value, _) = child?;
         if child_id == id::TRACK_ENTRY {
+            if tracks.len() == MAX_TRACKS {
+                return Err(WebmError::TooManyTracks(MAX_TRACKS));
+            }
             tracks.push(parse_track_entry(&bytes, value)?);
         }
     }
@@ -538,7 +582,13 @@ fn parse_track_entry(whole: &Bytes, entry: &[u8]) -> Result<Track, WebmError> {
                     _ => TrackKind::Other,
                 }
             }
+            id::CODEC_ID if value.len() > MAX_CODEC_ID => {
+                return Err(WebmError::BadPayload("CodecID longer than 64 bytes"))
+            }
             id::CODEC_ID => track.codec_id = ebml::read_string(value),
+            id::CODEC_PRIVATE if value.len() > MAX_CODEC_PRIVATE => {
+                return Err(WebmError::BadPayload("CodecPrivate larger than 64 KiB"))
+            }
             id::CODEC_PRIVATE => track.codec_private = Some(whole.slice_ref(value)),
             id::DEFAULT_DURATION => track.default_duration_ns = Some(ebml::read_uint(value)?),
             id::VIDEO => {

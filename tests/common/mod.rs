@@ -16,6 +16,7 @@ use lenscast::hub::Hub;
 use lenscast::pipeline::PipelineConfig;
 use lenscast::server::{Server, ServerConfig};
 use lenscast::source::{Input, Slot};
+use lenscast::webm::ebml::{self, id, UNKNOWN_SIZE};
 use lenscast::webm::{Event, StreamReader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -316,6 +317,23 @@ pub fn spawn_binary(args: &[&str], stdin: Stdio) -> (Child, String) {
     (child, url)
 }
 
+/// The HLS run directory of the lenscast process `pid` (`/api/status` does not show it: a
+/// server path is nothing a viewer needs). Waits up to 10 s for it to appear.
+pub async fn hls_dir_of(pid: u32) -> PathBuf {
+    let prefix = format!("lenscast-hls-{pid}-");
+    for _ in 0..100 {
+        let found = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .find(|entry| entry.file_name().to_string_lossy().starts_with(&prefix));
+        if let Some(entry) = found {
+            return entry.path();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no HLS directory for process {pid}");
+}
+
 /// Sends `child` SIGTERM, as `kill`, systemd or a container runtime would.
 pub fn sigterm(child: &Child) {
     let pid = child.id().to_string();
@@ -466,4 +484,58 @@ pub async fn refused(socket: &mut PublishSocket, pieces: &[(Duration, Vec<u8>)])
         Some(closed) => closed,
         None => wait_closed(socket).await,
     }
+}
+
+/// One video frame: its bytes and whether it is a keyframe.
+pub type Frame = (Vec<u8>, bool);
+
+/// The video frames of a real file.
+pub fn frames_of(name: &str) -> Vec<Frame> {
+    let mut reader = StreamReader::new();
+    reader.push(&std::fs::read(fixture_path(name)).unwrap());
+    let mut frames = Vec::new();
+    while let Some(event) = reader.next_event().unwrap() {
+        if let Event::Block(block) = event {
+            frames.push((block.frame().to_vec(), block.keyframe));
+        }
+    }
+    frames
+}
+
+/// A live-style WebM (unknown sizes) carrying `frames` (320x240 VP8), whose Info says
+/// `scale` ns per tick, with one Cluster per (timestamp, frames) group.
+pub fn webm_stream(scale: u64, clusters: &[(u64, &[Frame])], tick_per_frame: i16) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut header = Vec::new();
+    ebml::write_element(&mut header, id::DOC_TYPE, b"webm");
+    ebml::write_element(&mut out, id::EBML, &header);
+    ebml::write_id(&mut out, id::SEGMENT);
+    out.extend_from_slice(&UNKNOWN_SIZE);
+    let mut info = Vec::new();
+    ebml::write_uint(&mut info, id::TIMESTAMP_SCALE, scale);
+    ebml::write_element(&mut out, id::INFO, &info);
+    let mut entry = Vec::new();
+    ebml::write_uint(&mut entry, id::TRACK_NUMBER, 1);
+    ebml::write_uint(&mut entry, id::TRACK_TYPE, 1);
+    ebml::write_element(&mut entry, id::CODEC_ID, b"V_VP8");
+    let mut video = Vec::new();
+    ebml::write_uint(&mut video, id::PIXEL_WIDTH, 320);
+    ebml::write_uint(&mut video, id::PIXEL_HEIGHT, 240);
+    ebml::write_element(&mut entry, id::VIDEO, &video);
+    let mut tracks = Vec::new();
+    ebml::write_element(&mut tracks, id::TRACK_ENTRY, &entry);
+    ebml::write_element(&mut out, id::TRACKS, &tracks);
+    for (timestamp, frames) in clusters {
+        ebml::write_id(&mut out, id::CLUSTER);
+        out.extend_from_slice(&UNKNOWN_SIZE);
+        ebml::write_uint(&mut out, id::TIMESTAMP, *timestamp);
+        for (i, (frame, keyframe)) in frames.iter().enumerate() {
+            let mut block = vec![0x81];
+            block.extend_from_slice(&(i as i16 * tick_per_frame).to_be_bytes());
+            block.push(if *keyframe { 0x80 } else { 0 });
+            block.extend_from_slice(frame);
+            ebml::write_element(&mut out, id::SIMPLE_BLOCK, &block);
+        }
+    }
+    out
 }
