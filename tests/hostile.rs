@@ -99,7 +99,7 @@ async fn oversized_websocket_messages_close_with_1009() {
 async fn put(addr: SocketAddr, body: &[u8]) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
-        "PUT /publish?token={TOKEN} HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "PUT /publish?token={TOKEN} HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     for piece in body.chunks(32 * 1024) {
@@ -276,4 +276,120 @@ fn absurd_command_line_values_are_refused_without_a_panic() {
         assert!(stderr.contains(args[0]), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+/// A chunked PUT with `query`; returns the answer's status code.
+async fn put_status(addr: SocketAddr, query: &str, body: &[u8]) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PUT /publish?{query} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let _ = stream.write_all(body).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    let code = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_guessing_is_throttled_and_the_right_token_still_works() {
+    let (server, addr) = hostile_target(&[]).await;
+    let baseline = peak_rss_kib(server.0.id());
+    let mut codes = Vec::new();
+    let mut retry_after = None;
+    for i in 0..12 {
+        let (code, answer) = put_status(addr, &format!("token=guess{i}"), b"x").await;
+        codes.push(code);
+        if code == 429 {
+            retry_after = answer.lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("retry-after: ")
+                    .map(str::to_string)
+            });
+        }
+    }
+    assert_eq!(&codes[..5], &[401; 5], "{codes:?}");
+    assert!(codes[5..].iter().all(|&c| c == 429), "{codes:?}");
+    assert!(retry_after.is_some_and(|s| s.trim().parse::<u64>().is_ok_and(|s| s >= 1)));
+    // The token holder is never throttled: a real (tiny, cut-off) upload is judged on its
+    // merits, not refused as a guess.
+    let (code, answer) = put_status(addr, &format!("token={TOKEN}"), b"\x1a\x45").await;
+    assert_eq!(code, 400, "{answer}");
+    assert_unharmed("token guessing", &server, addr, baseline).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_idle_and_surplus_connections_are_closed() {
+    let (server, addr) = hostile_target(&[
+        "--max-connections",
+        "8",
+        "--header-timeout",
+        "1",
+        "--idle-timeout",
+        "2",
+    ])
+    .await;
+    let baseline = peak_rss_kib(server.0.id());
+    // Slowloris: eight connections with half a request each fill the server.
+    let mut slow = Vec::new();
+    for _ in 0..8 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(format!("GET /api/status HTTP/1.1\r\nHost: {addr}\r\n").as_bytes())
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (code, _, _) = http_get(addr, "/healthz", Duration::from_secs(2)).await;
+    assert_eq!(code, 503, "a ninth connection is refused at once");
+    // The header timeout closes them.
+    for mut stream in slow {
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "a half-sent request was kept open");
+    }
+    // A connection that never sends a byte is closed by the idle timeout.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a silent connection was kept open");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_unharmed("slow connections", &server, addr, baseline).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_faster_than_real_time_are_refused_however_they_are_stamped() {
+    let (server, addr) = hostile_target(&[]).await;
+    let baseline = peak_rss_kib(server.0.id());
+    let frames = frames_of("vp8.webm");
+    // 40 concatenated streams of 1 s each, sent at once: each restarts at time 0.
+    let one = webm_stream(1_000_000, &[(0, &frames[..15])], 67);
+    let concatenated = one.repeat(40);
+    let (code, answer) = put_status(addr, &format!("token={TOKEN}"), &concatenated).await;
+    assert_eq!(code, 400, "{answer}");
+    assert!(answer.contains("faster than real time"), "{answer}");
+    // 1,800 frames all stamped 0.
+    let mut still = Vec::new();
+    for _ in 0..120 {
+        still.extend_from_slice(&frames[..15]);
+    }
+    let zero = webm_stream(1_000_000, &[(0, &still)], 0);
+    let (code, answer) = put_status(addr, &format!("token={TOKEN}"), &zero).await;
+    assert_eq!(code, 400, "{answer}");
+    assert!(answer.contains("faster than real time"), "{answer}");
+    assert_unharmed("too fast", &server, addr, baseline).await;
 }

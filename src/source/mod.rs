@@ -116,10 +116,10 @@ impl Input {
     }
 }
 
-/// Blocks a live upload may send per second on average (30 fps video + 50/s Opus is 80;
-/// 240 fps screen capture with audio fits). All-zero or backward timestamps do not advance
-/// media time, so this is what bounds a flood of them.
-pub const MAX_BLOCKS_PER_SECOND: u64 = 300;
+/// Blocks a live upload may send per second on average (30 fps video + 50/s Opus is 80; a
+/// 60 fps camera with Opus is 110). All-zero or backward timestamps do not advance media
+/// time, so this is what bounds a flood of them.
+pub const MAX_BLOCKS_PER_SECOND: u64 = 150;
 /// Bytes a live upload may send per second on average (40 Mbit/s, far above a webcam's).
 pub const MAX_BYTES_PER_SECOND: u64 = 5_000_000;
 
@@ -488,5 +488,49 @@ where
             return feeder.finish();
         }
         feeder.feed(&buf[..n]).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Events of `streams` concatenated copies of a 1 s, 15-block stream.
+    fn events(streams: usize, step_ms: i64) -> Vec<Event> {
+        let mut bytes = Vec::new();
+        for _ in 0..streams {
+            bytes.extend_from_slice(&crate::webm::test_stream(15, step_ms));
+        }
+        let mut reader = StreamReader::new();
+        reader.push(&bytes);
+        let mut events = Vec::new();
+        while let Some(event) = reader.next_event().unwrap() {
+            events.push(event);
+        }
+        events
+    }
+
+    #[test]
+    fn the_realtime_budget_spans_concatenated_streams() {
+        let mut guard = RealtimeGuard::default();
+        let refused = events(40, 67).iter().find_map(|e| guard.check(e));
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|why| why.contains("ahead of real time")),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn blocks_that_do_not_advance_time_still_count() {
+        let mut guard = RealtimeGuard::default();
+        let refused = events(120, 0).iter().find_map(|e| guard.check(e));
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|why| why.contains("blocks in")),
+            "{refused:?}"
+        );
     }
 }

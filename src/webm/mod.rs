@@ -43,3 +43,38 @@ pub enum WebmError {
     #[error(transparent)]
     Clock(#[from] crate::clock::ClockError),
 }
+
+/// A tiny live-style WebM for unit tests: one 320x240 VP8 track, one unknown-size Cluster at
+/// 0 with `blocks` blocks `step_ms` apart (the first a keyframe).
+#[cfg(test)]
+pub(crate) fn test_stream(blocks: usize, step_ms: i64) -> Vec<u8> {
+    use ebml::{write_element, write_id, write_uint, UNKNOWN_SIZE};
+    let mut out = Vec::new();
+    let mut header = Vec::new();
+    write_element(&mut header, ebml::id::DOC_TYPE, b"webm");
+    write_element(&mut out, ebml::id::EBML, &header);
+    write_id(&mut out, ebml::id::SEGMENT);
+    out.extend_from_slice(&UNKNOWN_SIZE);
+    let mut info = Vec::new();
+    write_uint(&mut info, ebml::id::TIMESTAMP_SCALE, 1_000_000);
+    write_element(&mut out, ebml::id::INFO, &info);
+    let mut entry = Vec::new();
+    write_uint(&mut entry, ebml::id::TRACK_NUMBER, 1);
+    write_uint(&mut entry, ebml::id::TRACK_TYPE, 1);
+    write_element(&mut entry, ebml::id::CODEC_ID, b"V_VP8");
+    let mut tracks = Vec::new();
+    write_element(&mut tracks, ebml::id::TRACK_ENTRY, &entry);
+    write_element(&mut out, ebml::id::TRACKS, &tracks);
+    write_id(&mut out, ebml::id::CLUSTER);
+    out.extend_from_slice(&UNKNOWN_SIZE);
+    write_uint(&mut out, ebml::id::TIMESTAMP, 0);
+    for i in 0..blocks {
+        let relative = (i as i64 * step_ms) as i16;
+        let mut block = vec![0x81];
+        block.extend_from_slice(&relative.to_be_bytes());
+        block.push(if i == 0 { 0x80 } else { 0 });
+        block.extend_from_slice(&[0xAB; 10]);
+        write_element(&mut out, ebml::id::SIMPLE_BLOCK, &block);
+    }
+    out
+}
