@@ -870,6 +870,71 @@ mod tests {
     }
 
     #[test]
+    fn blocks_of_undeclared_tracks_are_dropped_and_counted() {
+        let mut stream = live_stream(2);
+        // 1,000 blocks, each on a track number that Tracks never declared.
+        for track in 2..1002u64 {
+            let mut block = Vec::new();
+            ebml::write_size(&mut block, track);
+            block.extend_from_slice(&[0, 0, 0x80, 0xAB]);
+            write_element(&mut stream, id::SIMPLE_BLOCK, &block);
+        }
+        let mut reader = StreamReader::new();
+        reader.push(&stream);
+        let blocks = drain(&mut reader)
+            .unwrap()
+            .into_iter()
+            .filter(|e| matches!(e, Event::Block(_)))
+            .count();
+        assert_eq!(blocks, 2, "only the declared track's blocks come out");
+        assert_eq!(reader.undeclared_blocks(), 1000);
+        assert!(!reader.mid_element());
+    }
+
+    #[test]
+    fn too_many_tracks_and_huge_skips_are_refused() {
+        let mut tracks = Vec::new();
+        for number in 1..=17u64 {
+            let mut entry = Vec::new();
+            write_uint(&mut entry, id::TRACK_NUMBER, number);
+            write_uint(&mut entry, id::TRACK_TYPE, 2);
+            write_element(&mut entry, id::CODEC_ID, b"A_OPUS");
+            write_element(&mut tracks, id::TRACK_ENTRY, &entry);
+        }
+        let mut stream = Vec::new();
+        write_element(&mut stream, id::EBML, &[]);
+        write_id(&mut stream, id::SEGMENT);
+        stream.extend_from_slice(&UNKNOWN_SIZE);
+        write_element(&mut stream, id::TRACKS, &tracks);
+        let mut reader = StreamReader::new();
+        reader.push(&stream);
+        let result = drain(&mut reader);
+        assert!(
+            matches!(result, Err(WebmError::TooManyTracks(16))),
+            "{result:?}"
+        );
+
+        // A Void that declares 1 TiB is refused, not skipped for ever.
+        let mut stream = live_stream(1);
+        stream.extend_from_slice(&[0xEC, 0x01, 0x00, 0x01, 0, 0, 0, 0, 0]);
+        let mut reader = StreamReader::new();
+        reader.push(&stream);
+        assert!(matches!(
+            drain(&mut reader),
+            Err(WebmError::ElementTooLarge { id: 0xEC, .. })
+        ));
+    }
+
+    #[test]
+    fn a_stream_cut_inside_an_element_is_seen() {
+        let stream = live_stream(3);
+        let mut reader = StreamReader::new();
+        reader.push(&stream[..stream.len() - 4]);
+        drain(&mut reader).unwrap();
+        assert!(reader.mid_element());
+    }
+
+    #[test]
     fn concatenated_streams_restart_cleanly() {
         let mut stream = live_stream(2);
         stream.extend_from_slice(&live_stream(2));
