@@ -377,10 +377,22 @@ pub async fn websocket(socket: WebSocket, app: App, takeover: bool, remote: Opti
         Ok((outcome, _)) => (outcome.close_code(), outcome.to_string()),
         Err(error) => (1008, error.to_string()),
     };
-    let _ = transport
-        .socket
+    let socket = &mut transport.socket;
+    let _ = socket
         .send(Message::close_with(code, close_reason(&reason)))
         .await;
+    // Finish the closing handshake: read (and drop) what the presenter still had in flight
+    // until its close reply. Closing the TCP socket with unread data in it makes the kernel
+    // send a reset, and a browser that gets the reset first never sees our close frame or
+    // its reason.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(message)) = socket.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// A presenter's HTTP request body.
