@@ -15,7 +15,7 @@ ARGS ?=
 BIN := target/release/lenscast
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps apt npm build lint bench fixtures clean
+.PHONY: run test deps apt npm build lint bench fixtures clean fuzz fuzz-smoke fuzz-tools
 
 ## run: install what is missing, build, and serve the built-in demo (URLs are printed).
 run: deps build
@@ -24,8 +24,9 @@ run: deps build
 ## test: install what is missing, then run every test (Rust unit + integration, browser).
 test: deps build
 	# One test at a time: the pipeline tests are CPU-bound, and this machine has two cores.
-	cargo test --release --lib --bins --tests -- --test-threads=1
+	cargo test --release --workspace --lib --bins --tests -- --test-threads=1
 	LENSCAST_BIN=$(CURDIR)/$(BIN) node --test --test-concurrency=1 tests/browser/
+	$(MAKE) fuzz-smoke
 
 deps: apt npm
 
@@ -56,13 +57,50 @@ build:
 lint:
 	cargo fmt --all -- --check
 	# Release profile, like every other target: a dev-profile run would rebuild OpenCV bindings.
-	cargo clippy --release --all-targets -- -D warnings
+	cargo clippy --release --workspace --all-targets -- -D warnings
 
 ## bench: the fan-out benchmark (100 and 1000 WebSocket viewers, 30 s each; results in
 ## target/bench/fanout.json). e.g. `make bench BENCH_ARGS="--viewers 10 --seconds 5"`.
 bench: deps build
 	ulimit -n 65536 2>/dev/null || ulimit -n $$(ulimit -Hn)
 	cargo bench --bench fanout -- --server $(BIN) $(BENCH_ARGS)
+
+# Fuzzing (cargo-fuzz, libFuzzer) of the EBML reader, the remuxer and the whole ingest path,
+# on crates/lenscast-webm alone (no FFmpeg/OpenCV, so it builds in seconds). The nightly
+# toolchain comes with these machines; cargo-fuzz is installed from crates.io if missing.
+FUZZ_TARGETS := reader remux ingest
+FUZZ_FLAGS := -max_len=16384
+FUZZ_SECONDS ?= 600
+
+fuzz-tools:
+	if ! rustup toolchain list | grep -q '^nightly'; then
+		echo "the nightly toolchain is missing (rustup toolchain install nightly)" >&2; exit 1
+	fi
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+
+# The corpus starts from the fixtures (their first 16 KiB) and grows in fuzz/corpus/.
+fuzz/corpus/%:
+	mkdir -p $@
+	for f in fixtures/*.webm; do head -c 16384 "$$f" > "$@/$$(basename $$f).seed"; done
+
+## fuzz: run each target for FUZZ_SECONDS (default 600) on both cores; crashes land in
+## fuzz/artifacts/ and belong in fuzz/regressions/<target>/ as regression tests.
+fuzz: fuzz-tools $(addprefix fuzz/corpus/,$(FUZZ_TARGETS))
+	cd fuzz
+	for t in $(FUZZ_TARGETS); do
+		cargo +nightly fuzz run -O $$t corpus/$$t -- $(FUZZ_FLAGS) -jobs=2 -workers=2 \
+			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1
+	done
+
+## fuzz-smoke (part of `make test`): replay every regression input, then 15 s per target.
+fuzz-smoke: fuzz-tools $(addprefix fuzz/corpus/,$(FUZZ_TARGETS))
+	cd fuzz
+	for t in $(FUZZ_TARGETS); do
+		if compgen -G "regressions/$$t/*" >/dev/null; then
+			cargo +nightly fuzz run -O $$t regressions/$$t -- -runs=0
+		fi
+		cargo +nightly fuzz run -O $$t corpus/$$t -- $(FUZZ_FLAGS) -max_total_time=15
+	done
 
 ## fixtures: regenerate the committed media in fixtures/ (see fixtures/README.md).
 fixtures: deps

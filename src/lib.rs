@@ -32,7 +32,6 @@
 //! [`server::Server::new`]) and owns shutdown.
 
 pub mod annotate;
-pub mod clock;
 pub mod hls;
 pub mod http;
 pub mod hub;
@@ -40,7 +39,10 @@ pub mod media;
 pub mod pipeline;
 pub mod server;
 pub mod source;
-pub mod webm;
+
+/// Media time and WebM live in their own crate (`crates/lenscast-webm`), so that they build,
+/// test and fuzz without FFmpeg or OpenCV.
+pub use lenscast_webm::{clock, webm};
 
 /// The built-in demo: a face video from `fixtures/`, looped when no `--input` is given.
 pub const DEMO_WEBM: &[u8] = include_bytes!("../fixtures/face.webm");

@@ -333,6 +333,16 @@ impl Feeder {
                     }
                 }
             }
+            // A Cluster's own timestamp is checked too: an empty Cluster far ahead would
+            // otherwise reach viewers as a gap their players stall at.
+            Event::ClusterStart { time, .. } => {
+                self.clock
+                    .check(*time)
+                    .map_err(|error| IngestError::Clock {
+                        source_name: name(),
+                        error,
+                    })?;
+            }
             Event::Block(block) => {
                 self.clock
                     .check(block.time)

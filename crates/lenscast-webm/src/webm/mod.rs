@@ -44,10 +44,10 @@ pub enum WebmError {
     Clock(#[from] crate::clock::ClockError),
 }
 
-/// A tiny live-style WebM for unit tests: one 320x240 VP8 track, one unknown-size Cluster at
-/// 0 with `blocks` blocks `step_ms` apart (the first a keyframe).
-#[cfg(test)]
-pub(crate) fn test_stream(blocks: usize, step_ms: i64) -> Vec<u8> {
+/// A tiny live-style WebM for tests and fuzz seeds: one VP8 track, one unknown-size Cluster
+/// at 0 with `blocks` blocks `step_ms` apart (the first a keyframe), 10-byte dummy frames.
+#[doc(hidden)]
+pub fn test_stream(blocks: usize, step_ms: i64) -> Vec<u8> {
     use ebml::{write_element, write_id, write_uint, UNKNOWN_SIZE};
     let mut out = Vec::new();
     let mut header = Vec::new();
