@@ -44,7 +44,7 @@ const MAX_ENCODE_GAP: Duration = Duration::from_millis(200);
 const LATENCY_SAMPLES: usize = 300;
 
 /// Messages the slot sends, in order: `Start`, events, `End` of one source, then the next.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Message {
     Start { name: String, presenter: bool },
     Event { event: Event, arrived: Instant },

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, Message};
+use tokio_tungstenite::tungstenite::Message;
 
 /// Peak RSS (VmHWM) of process `pid`, in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -194,18 +194,7 @@ async fn foreign_hosts_and_origins_are_refused() {
     let (server, addr) = hostile_target(&["--allow-host", "live.example.org"]).await;
     let baseline = peak_rss_kib(server.0.id());
     let upgrade = |host: String, origin: String| async move {
-        let mut request = format!("ws://{addr}/ws/view")
-            .into_client_request()
-            .unwrap();
-        request.headers_mut().insert("host", host.parse().unwrap());
-        request
-            .headers_mut()
-            .insert("origin", origin.parse().unwrap());
-        match tokio_tungstenite::connect_async(request).await {
-            Ok(_) => 101,
-            Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
-            Err(e) => panic!("unexpected error {e}"),
-        }
+        view_upgrade_status(addr, Some(&host), &origin).await
     };
     // DNS rebinding: the attacker's name in both Host and Origin.
     assert_eq!(

@@ -12,7 +12,6 @@ use lenscast::hub::{Chunk, ChunkKind, Hub, Viewer};
 use lenscast::media::Resolution;
 use lenscast::source::{self, Feeder, Input, Slot, SourceKind, Target};
 use lenscast::webm::{Event, LiveMuxer, StreamReader};
-use tokio_tungstenite::tungstenite;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_joining_at_different_moments_decode_from_their_first_frame() {
@@ -265,23 +264,8 @@ async fn websocket_upgrades_check_origin() {
         },
     )
     .await;
-    let connect = |origin: &'static str| {
-        let addr = server.addr;
-        async move {
-            use tungstenite::client::IntoClientRequest;
-            let mut request = format!("ws://{addr}/ws/view")
-                .into_client_request()
-                .unwrap();
-            request
-                .headers_mut()
-                .insert("origin", origin.parse().unwrap());
-            match tokio_tungstenite::connect_async(request).await {
-                Ok(_) => 101,
-                Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
-                Err(e) => panic!("unexpected error {e}"),
-            }
-        }
-    };
+    let addr = server.addr;
+    let connect = |origin: &'static str| view_upgrade_status(addr, None, origin);
     let same_origin: &'static str = Box::leak(format!("http://{}", server.addr).into_boxed_str());
     assert_eq!(connect(same_origin).await, 101);
     assert_eq!(connect("https://studio.example").await, 101);

@@ -144,14 +144,30 @@ impl Idle {
         self.deadline.as_mut().reset(Instant::now() + self.limit);
     }
 
-    /// Ready(Err) once the deadline has passed; registers the waker otherwise.
-    fn expired(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
-        match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connection idle too long",
-            )),
-            Poll::Pending => Poll::Pending,
+    /// The one rule for every read and write: progress pushes the deadline back; a
+    /// pending operation fails with `TimedOut` once the deadline has passed (polling the
+    /// deadline registers the waker, so the task wakes when it does).
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+        progressed: impl FnOnce(&T) -> bool,
+    ) -> Poll<std::io::Result<T>> {
+        match polled {
+            Poll::Ready(Ok(value)) => {
+                if progressed(&value) {
+                    self.moved();
+                }
+                Poll::Ready(Ok(value))
+            }
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connection idle too long",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+            failed => failed,
         }
     }
 }
@@ -163,19 +179,9 @@ impl AsyncRead for Idle {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
-        match Pin::new(&mut self.stream).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    self.moved();
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Pending => match self.expired(cx) {
-                Poll::Ready(error) => Poll::Ready(Err(error)),
-                Poll::Pending => Poll::Pending,
-            },
-            ready => ready,
-        }
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        let after = buf.filled().len();
+        self.watch(cx, polled, |_| after > before)
     }
 }
 
@@ -185,19 +191,8 @@ impl AsyncWrite for Idle {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match Pin::new(&mut self.stream).poll_write(cx, data) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    self.moved();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending => match self.expired(cx) {
-                Poll::Ready(error) => Poll::Ready(Err(error)),
-                Poll::Pending => Poll::Pending,
-            },
-            ready => ready,
-        }
+        let polled = Pin::new(&mut self.stream).poll_write(cx, data);
+        self.watch(cx, polled, |n| *n > 0)
     }
 
     fn poll_write_vectored(
@@ -205,19 +200,8 @@ impl AsyncWrite for Idle {
         cx: &mut Context<'_>,
         data: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match Pin::new(&mut self.stream).poll_write_vectored(cx, data) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    self.moved();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending => match self.expired(cx) {
-                Poll::Ready(error) => Poll::Ready(Err(error)),
-                Poll::Pending => Poll::Pending,
-            },
-            ready => ready,
-        }
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, data);
+        self.watch(cx, polled, |n| *n > 0)
     }
 
     fn is_write_vectored(&self) -> bool {

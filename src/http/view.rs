@@ -39,6 +39,19 @@ fn init_message(chunk: &Chunk) -> Option<Message> {
     Some(Message::text(json.to_string()))
 }
 
+/// Sends a close frame, best effort and bounded: a socket that is blocked (the reason we may
+/// be closing it) may not take it.
+async fn close<S>(tx: &mut S, code: u16, reason: &'static str)
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_millis(200),
+        tx.send(Message::close_with(code, reason)),
+    )
+    .await;
+}
+
 /// Serves one WebSocket viewer until it leaves, the hub closes, or its socket stays blocked.
 pub async fn websocket(socket: WebSocket, app: App, remote: Option<SocketAddr>) {
     let id = NEXT_VIEWER.fetch_add(1, Ordering::Relaxed);
@@ -53,18 +66,14 @@ pub async fn websocket(socket: WebSocket, app: App, remote: Option<SocketAddr>) 
             _ = keepalive.tick() => {
                 if tokio::time::timeout(timeout, tx.send(Message::ping(Vec::new()))).await.is_err() {
                     app.hub.count_slow_drop();
+                    close(&mut tx, 1008, "viewer too slow").await;
                     break "socket blocked too long";
                 }
             }
             chunk = viewer.next() => {
                 keepalive.reset();
                 let Ok(chunk) = chunk else {
-                    // Best effort, bounded: a blocked socket may not take the close frame.
-                    let _ = tokio::time::timeout(
-                        std::time::Duration::from_millis(200),
-                        tx.send(Message::close_with(1001u16, "server shutting down")),
-                    )
-                    .await;
+                    close(&mut tx, 1001, "server shutting down").await;
                     break "server shutting down";
                 };
                 let text = init_message(&chunk);
@@ -79,12 +88,7 @@ pub async fn websocket(socket: WebSocket, app: App, remote: Option<SocketAddr>) 
                     Ok(Err(_)) => break "socket error",
                     Err(_) => {
                         app.hub.count_slow_drop();
-                        // Best effort: a blocked socket may not take the close frame either.
-                        let _ = tokio::time::timeout(
-                            std::time::Duration::from_millis(100),
-                            tx.send(Message::close_with(1008u16, "viewer too slow")),
-                        )
-                        .await;
+                        close(&mut tx, 1008, "viewer too slow").await;
                         break "socket blocked too long";
                     }
                 }
@@ -93,11 +97,7 @@ pub async fn websocket(socket: WebSocket, app: App, remote: Option<SocketAddr>) 
                 Some(Ok(msg)) if msg.is_close() => break "closed by viewer",
                 Some(Ok(_)) => {}
                 Some(Err(error)) if super::too_large(&error) => {
-                    let _ = tokio::time::timeout(
-                        std::time::Duration::from_millis(200),
-                        tx.send(Message::close_with(1009u16, "viewers may send at most 4 KiB")),
-                    )
-                    .await;
+                    close(&mut tx, 1009, "viewers may send at most 4 KiB").await;
                     break "sent a message over the size limit";
                 }
                 Some(Err(_)) | None => break "connection lost",

@@ -307,6 +307,10 @@ impl Feeder {
 
     fn check(&mut self, event: &Event) -> Result<(), IngestError> {
         let name = || self.guard.name().to_string();
+        let clock_error = |error| IngestError::Clock {
+            source_name: name(),
+            error,
+        };
         let too_large = |width: u32, height: u32, max: Resolution| IngestError::TooLarge {
             source_name: name(),
             width,
@@ -335,21 +339,9 @@ impl Feeder {
             }
             // A Cluster's own timestamp is checked too: an empty Cluster far ahead would
             // otherwise reach viewers as a gap their players stall at.
-            Event::ClusterStart { time, .. } => {
-                self.clock
-                    .check(*time)
-                    .map_err(|error| IngestError::Clock {
-                        source_name: name(),
-                        error,
-                    })?;
-            }
+            Event::ClusterStart { time, .. } => self.clock.check(*time).map_err(clock_error)?,
             Event::Block(block) => {
-                self.clock
-                    .check(block.time)
-                    .map_err(|error| IngestError::Clock {
-                        source_name: name(),
-                        error,
-                    })?;
+                self.clock.check(block.time).map_err(clock_error)?;
                 if let (Some(max), Some((track, true))) = (self.max_resolution, self.video) {
                     if block.track == track && block.keyframe {
                         if let Some((w, h)) = crate::media::vp8_keyframe_size(&block.frame()) {

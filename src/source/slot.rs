@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use crate::hub::Hub;
 use crate::media::Resolution;
 use crate::pipeline::{Message, Pipeline};
-use crate::webm::{Event, LiveMuxer, Output};
+use crate::webm::{Event, LiveMuxer};
 
 /// What kind of source claims the slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,13 +268,10 @@ impl Slot {
             presenter = kind == SourceKind::Presenter,
             "source started"
         );
-        self.send(
-            || Message::Start {
-                name: name.to_string(),
-                presenter: kind == SourceKind::Presenter,
-            },
-            |muxer, out| muxer.end_source(out),
-        )
+        self.send(Message::Start {
+            name: name.to_string(),
+            presenter: kind == SourceKind::Presenter,
+        })
         .await;
         Ok(SourceGuard {
             slot: self.clone(),
@@ -312,36 +309,34 @@ impl Slot {
         self.shared.occupancy.send_modify(|o| o.closed = true);
     }
 
-    /// Sends one message to the next stage(s). `message` builds the pipeline's message (once
-    /// per pipeline); `remux` does the passthrough remuxer's part.
-    async fn send(
-        &self,
-        message: impl Fn() -> Message,
-        remux: impl FnOnce(&mut LiveMuxer, &mut Vec<Output>),
-    ) {
+    /// Sends one message to the next stage: the pipeline, or the passthrough remuxer (for
+    /// which a source's start and end both close what the last source left open); and to the
+    /// HLS mirror's pipeline, if there is one.
+    async fn send(&self, message: Message) {
         if let Some(mirror) = &self.shared.mirror {
-            mirror.send(message()).await;
+            // Blocks are `Bytes`: the clone shares them.
+            mirror.send(message.clone()).await;
         }
         match &self.shared.target {
-            Target::Pipeline(pipeline) => pipeline.send(message()).await,
+            Target::Pipeline(pipeline) => pipeline.send(message).await,
             Target::Remux { muxer, hub } => {
                 let mut out = Vec::new();
-                remux(
-                    &mut muxer.lock().unwrap_or_else(|p| p.into_inner()),
-                    &mut out,
-                );
+                {
+                    let mut muxer = muxer.lock().unwrap_or_else(|p| p.into_inner());
+                    match message {
+                        Message::Event { event, .. } => muxer.push(event, &mut out),
+                        Message::Start { .. } | Message::End { .. } => muxer.end_source(&mut out),
+                    }
+                }
                 hub.publish(out);
             }
         }
     }
 
     async fn send_end(&self, reason: &str) {
-        self.send(
-            || Message::End {
-                reason: reason.to_string(),
-            },
-            |muxer, out| muxer.end_source(out),
-        )
+        self.send(Message::End {
+            reason: reason.to_string(),
+        })
         .await;
     }
 }
@@ -387,16 +382,11 @@ impl SourceGuard {
         if let Some(reason) = self.lost() {
             return Err(reason);
         }
-        let arrived = Instant::now();
         self.slot
-            .send(
-                // Blocks are `Bytes`: a clone for the mirror shares them.
-                || Message::Event {
-                    event: event.clone(),
-                    arrived,
-                },
-                |muxer, out| muxer.push(event.clone(), out),
-            )
+            .send(Message::Event {
+                event,
+                arrived: Instant::now(),
+            })
             .await;
         Ok(())
     }

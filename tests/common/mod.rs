@@ -334,6 +334,26 @@ pub async fn hls_dir_of(pid: u32) -> PathBuf {
     panic!("no HLS directory for process {pid}");
 }
 
+/// Opens `/ws/view` with the given Host (default: the address) and Origin headers; returns
+/// 101 if the upgrade succeeded, else the HTTP status of the refusal.
+pub async fn view_upgrade_status(addr: SocketAddr, host: Option<&str>, origin: &str) -> u16 {
+    use tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}/ws/view")
+        .into_client_request()
+        .unwrap();
+    if let Some(host) = host {
+        request.headers_mut().insert("host", host.parse().unwrap());
+    }
+    request
+        .headers_mut()
+        .insert("origin", origin.parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok(_) => 101,
+        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
 /// Sends `child` SIGTERM, as `kill`, systemd or a container runtime would.
 pub fn sigterm(child: &Child) {
     let pid = child.id().to_string();
