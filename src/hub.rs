@@ -4,13 +4,18 @@
 //! passthrough remuxer) and knows nothing of WebM beyond what each chunk says it is.
 //!
 //! One `Hub` handle (cheap to clone) is shared by the stage that writes and the HTTP handlers
-//! that read. Writers hold a std `Mutex` only for synchronous work (updating the caches,
-//! `broadcast::Sender::send`), never across an await. Because the join cache is
-//! updated and the chunk is sent under that same lock, a viewer that snapshots the cache and
-//! subscribes under the lock gets every byte exactly once: no gap, no duplicate.
+//! that read. Writers hold a std `Mutex` only for synchronous work (updating the caches and
+//! the ring), never across an await. Because the join cache and the ring are updated under
+//! that same lock, a viewer that snapshots the cache and takes its place in the ring under the
+//! lock gets every byte exactly once: no gap, no duplicate.
 //!
-//! A viewer that falls behind the broadcast channel (`RecvError::Lagged`) has lost chunks; it
-//! skips ahead to the next Cluster that starts with a keyframe and never resumes mid-Cluster.
+//! The live tail is a ring of recent chunks bounded both in chunks and in bytes ([`Limits`]),
+//! so what the hub holds for viewers is bounded however large the chunks are and however
+//! long a viewer stalls. (tokio's broadcast channel is bounded only in messages, and a
+//! stalled receiver pins every one of them: that is why the hub keeps its own ring.) Each
+//! viewer keeps a cursor into the ring and, when woken, takes every chunk that is ready in one
+//! lock. A viewer whose cursor fell off the ring has lost chunks; it skips ahead to the next
+//! Cluster that starts with a keyframe and never resumes mid-Cluster.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,14 +23,36 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use crate::webm::{InitSegment, Output, StreamInfo};
 
-/// Chunks the broadcast channel holds; at ~80 chunks/s (30 fps video + Opus) about 12 s.
+/// Chunks the ring holds; at ~80 chunks/s (30 fps video + Opus) about 12 s.
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
-/// The join cache stops growing past this; viewers then wait for the next keyframe Cluster.
-pub const MAX_JOIN_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// Bytes the ring holds, and separately the join cache: 16 MiB is 12 s of a 10 Mbit/s stream.
+pub const DEFAULT_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+/// A viewer takes at most this much from the ring per wake-up, so a viewer whose socket is
+/// stuck pins little beyond what the ring itself holds.
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+/// How much the hub keeps for viewers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Chunks in the ring before the oldest is dropped (and slow viewers lag).
+    pub chunks: usize,
+    /// Bytes in the ring before the oldest chunk is dropped; also the most the join cache
+    /// holds (past it, joining viewers wait for the next keyframe Cluster).
+    pub bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            chunks: DEFAULT_CHANNEL_CAPACITY,
+            bytes: DEFAULT_BUFFER_BYTES,
+        }
+    }
+}
 
 /// Errors of the broadcast stage.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +136,8 @@ pub struct HubStatus {
     pub slow_viewers_dropped: u64,
     pub bytes_in: u64,
     pub join_cache_bytes: usize,
+    /// Bytes held in the ring for viewers that are behind.
+    pub buffered_bytes: usize,
 }
 
 #[derive(Debug, Default)]
@@ -132,7 +161,7 @@ struct JoinCache {
 }
 
 impl JoinCache {
-    fn push(&mut self, chunk: &Chunk) {
+    fn push(&mut self, chunk: &Chunk, max_bytes: usize) {
         match chunk.kind {
             ChunkKind::Init(_) => self.clear(false),
             ChunkKind::ClusterStart { keyframe: true, .. } => self.clear(true),
@@ -141,7 +170,7 @@ impl JoinCache {
         if !self.valid || matches!(chunk.kind, ChunkKind::Init(_)) {
             return;
         }
-        if self.bytes + chunk.bytes.len() > MAX_JOIN_CACHE_BYTES {
+        if self.bytes + chunk.bytes.len() > max_bytes {
             self.clear(false);
             return;
         }
@@ -156,19 +185,56 @@ impl JoinCache {
     }
 }
 
+/// The live tail: the most recent chunks, numbered, within [`Limits`].
+#[derive(Debug, Default)]
+struct Ring {
+    chunks: VecDeque<Chunk>,
+    /// The number of `chunks[0]`; chunks are numbered in publishing order from 0.
+    first: u64,
+    bytes: usize,
+}
+
+impl Ring {
+    /// The number the next published chunk gets.
+    fn end(&self) -> u64 {
+        self.first + self.chunks.len() as u64
+    }
+
+    /// Appends `chunk`, dropping the oldest chunks past the limits (the newest always stays).
+    fn push(&mut self, chunk: Chunk, limits: Limits) {
+        self.bytes += chunk.bytes.len();
+        self.chunks.push_back(chunk);
+        while self.chunks.len() > 1
+            && (self.chunks.len() > limits.chunks || self.bytes > limits.bytes)
+        {
+            let dropped = self.chunks.pop_front().expect("more than one chunk");
+            self.bytes -= dropped.bytes.len();
+            self.first += 1;
+        }
+    }
+}
+
 #[derive(Debug)]
 struct State {
     /// The init segment in force: what a joining viewer gets first.
     init: Option<Arc<InitSegment>>,
     join: JoinCache,
+    ring: Ring,
+}
+
+/// What viewers wait on: where the ring ends, and whether the hub is closed.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Head {
+    end: u64,
+    closed: bool,
 }
 
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
-    tx: broadcast::Sender<Chunk>,
-    /// True once the server shuts down: every viewer's `next` then ends with `Closed`.
-    closed: watch::Sender<bool>,
+    limits: Limits,
+    /// Wakes viewers: updated after every publish and on close.
+    head: watch::Sender<Head>,
     counters: Counters,
     started: Instant,
 }
@@ -181,22 +247,26 @@ pub struct Hub {
 
 impl Default for Hub {
     fn default() -> Self {
-        Self::new(DEFAULT_CHANNEL_CAPACITY)
+        Self::new(Limits::default())
     }
 }
 
 impl Hub {
-    /// A hub whose broadcast channel holds `capacity` chunks before slow viewers lag.
-    pub fn new(capacity: usize) -> Self {
-        let (tx, _) = broadcast::channel(capacity.max(1));
+    /// A hub that keeps at most `limits` for viewers that fall behind.
+    pub fn new(limits: Limits) -> Self {
+        let limits = Limits {
+            chunks: limits.chunks.max(1),
+            bytes: limits.bytes.max(1),
+        };
         Hub {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
                     init: None,
                     join: JoinCache::default(),
+                    ring: Ring::default(),
                 }),
-                tx,
-                closed: watch::channel(false).0,
+                limits,
+                head: watch::channel(Head::default()).0,
                 counters: Counters::default(),
                 started: Instant::now(),
             }),
@@ -213,7 +283,9 @@ impl Hub {
 
     /// Sends finished chunks to every viewer (and into the join cache), in order.
     pub fn publish(&self, outputs: impl IntoIterator<Item = Output>) {
+        let limits = self.shared.limits;
         let mut state = self.lock();
+        let before = state.ring.end();
         for output in outputs {
             let Some(chunk) = Chunk::from_output(output, state.init.as_ref()) else {
                 continue;
@@ -222,15 +294,20 @@ impl Hub {
                 tracing::info!(mime = %init.info.mime, width = ?init.info.width, height = ?init.info.height, "new init segment");
                 state.init = Some(init.clone());
             }
-            state.join.push(&chunk);
-            // An error only means no viewer is subscribed right now.
-            let _ = self.shared.tx.send(chunk);
+            state.join.push(&chunk, limits.bytes);
+            state.ring.push(chunk, limits);
+        }
+        let end = state.ring.end();
+        drop(state);
+        if end != before {
+            // Viewers that are waiting wake up and take everything new in one go.
+            self.shared.head.send_modify(|head| head.end = end);
         }
     }
 
     /// Ends every viewer's stream (server shutdown): each `Viewer::next` returns `Closed`.
     pub fn close(&self) {
-        self.shared.closed.send_replace(true);
+        self.shared.head.send_modify(|head| head.closed = true);
     }
 
     /// Counts bytes that arrived from the source (for status).
@@ -245,7 +322,7 @@ impl Hub {
     /// tail. Counted in `viewers` until dropped.
     pub fn subscribe(&self) -> Viewer {
         let state = self.lock();
-        let rx = self.shared.tx.subscribe();
+        let cursor = state.ring.end();
         let mut backlog = VecDeque::new();
         let mut skipping = true;
         if let Some(init) = &state.init {
@@ -261,9 +338,9 @@ impl Hub {
         counters.viewers_total.fetch_add(1, Ordering::Relaxed);
         Viewer {
             hub: self.clone(),
-            closed: self.shared.closed.subscribe(),
+            head: self.shared.head.subscribe(),
             backlog,
-            rx,
+            cursor,
             skipping,
             sent_init: None,
         }
@@ -295,11 +372,12 @@ impl Hub {
 
     /// A snapshot for `/api/status`.
     pub fn status(&self) -> HubStatus {
-        let (stream, join_cache_bytes) = {
+        let (stream, join_cache_bytes, buffered_bytes) = {
             let state = self.lock();
             (
                 state.init.as_ref().map(|i| i.info.clone()),
                 state.join.bytes,
+                state.ring.bytes,
             )
         };
         let c = &self.shared.counters;
@@ -314,6 +392,7 @@ impl Hub {
             slow_viewers_dropped: c.slow_viewers_dropped.load(Ordering::Relaxed),
             bytes_in: c.bytes_in.load(Ordering::Relaxed),
             join_cache_bytes,
+            buffered_bytes,
         }
     }
 }
@@ -322,9 +401,11 @@ impl Hub {
 #[derive(Debug)]
 pub struct Viewer {
     hub: Hub,
-    closed: watch::Receiver<bool>,
+    head: watch::Receiver<Head>,
+    /// Chunks taken from the ring (or the join cache) and not yet returned.
     backlog: VecDeque<Chunk>,
-    rx: broadcast::Receiver<Chunk>,
+    /// The number of the next ring chunk this viewer reads.
+    cursor: u64,
     /// True until the viewer reaches a join point (after joining with no cache, or after lag).
     skipping: bool,
     /// The init segment this viewer was last sent.
@@ -353,44 +434,61 @@ impl Viewer {
     }
 
     async fn next_in_stream(&mut self) -> Result<Chunk, HubError> {
-        if *self.closed.borrow() {
-            return Err(HubError::Closed);
-        }
-        if let Some(chunk) = self.backlog.pop_front() {
-            return Ok(chunk);
-        }
         loop {
-            // Both futures are cancel-safe, so `next` stays cancel-safe too.
-            let received = tokio::select! {
-                received = self.rx.recv() => received,
-                _ = self.closed.wait_for(|closed| *closed) => return Err(HubError::Closed),
-            };
-            match received {
-                Ok(chunk) => {
-                    if self.skipping {
-                        if !chunk.is_join_point() {
-                            continue;
-                        }
-                        // An init segment alone is not enough to start: keep waiting for a
-                        // keyframe Cluster, but the viewer needs the init first.
-                        self.skipping = matches!(chunk.kind, ChunkKind::Init(_));
-                    }
-                    return Ok(chunk);
-                }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    self.skipping = true;
-                    self.hub
-                        .shared
-                        .counters
-                        .lag_resyncs
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        missed,
-                        "viewer lagged; skipping to the next keyframe cluster"
-                    );
-                }
-                Err(broadcast::error::RecvError::Closed) => return Err(HubError::Closed),
+            // Marking the head seen before reading the ring means a publish that lands after
+            // the read still wakes `changed` below: nothing is missed.
+            if self.head.borrow_and_update().closed {
+                return Err(HubError::Closed);
             }
+            if let Some(chunk) = self.backlog.pop_front() {
+                return Ok(chunk);
+            }
+            self.take_ready();
+            if self.backlog.is_empty() {
+                // Cancel-safe: nothing is taken until the next loop.
+                if self.head.changed().await.is_err() {
+                    return Err(HubError::Closed);
+                }
+            }
+        }
+    }
+
+    /// Moves what is ready in the ring into the backlog, in one lock, up to a batch's worth;
+    /// skips to a join point if this viewer lost chunks.
+    fn take_ready(&mut self) {
+        let state = self.hub.lock();
+        let ring = &state.ring;
+        if self.cursor < ring.first {
+            let missed = ring.first - self.cursor;
+            self.cursor = ring.first;
+            self.skipping = true;
+            self.hub
+                .shared
+                .counters
+                .lag_resyncs
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                missed,
+                "viewer lagged; skipping to the next keyframe cluster"
+            );
+        }
+        let mut taken = 0;
+        let start = (self.cursor - ring.first) as usize;
+        for chunk in ring.chunks.range(start..) {
+            if taken >= MAX_BATCH_BYTES {
+                break;
+            }
+            self.cursor += 1;
+            if self.skipping {
+                if !chunk.is_join_point() {
+                    continue;
+                }
+                // An init segment alone is not enough to start: keep waiting for a
+                // keyframe Cluster, but the viewer needs the init first.
+                self.skipping = matches!(chunk.kind, ChunkKind::Init(_));
+            }
+            taken += chunk.bytes.len();
+            self.backlog.push_back(chunk.clone());
         }
     }
 
@@ -407,5 +505,121 @@ impl Drop for Viewer {
             .counters
             .viewers
             .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    fn init() -> Output {
+        Output::Init(Arc::new(InitSegment {
+            bytes: Bytes::from_static(b"init"),
+            info: StreamInfo {
+                mime: "video/webm; codecs=\"vp8\"".into(),
+                codecs: vec!["V_VP8".into()],
+                width: Some(320),
+                height: Some(240),
+                has_video: true,
+                has_audio: false,
+            },
+        }))
+    }
+
+    /// A Cluster start of `len` bytes, each byte `tag` (so tests can tell chunks apart).
+    fn cluster(tag: u8, len: usize, keyframe: bool) -> Output {
+        Output::ClusterStart {
+            bytes: Bytes::from(vec![tag; len]),
+            keyframe,
+        }
+    }
+
+    fn ready(viewer: &mut Viewer) -> Vec<Chunk> {
+        let mut chunks = Vec::new();
+        while let Some(Ok(chunk)) = tokio::task::unconstrained(viewer.next()).now_or_never() {
+            chunks.push(chunk);
+        }
+        chunks
+    }
+
+    #[tokio::test]
+    async fn the_ring_holds_at_most_its_byte_budget_and_a_stalled_viewer_resyncs() {
+        let hub = Hub::new(Limits {
+            chunks: 1000,
+            bytes: 1000,
+        });
+        hub.publish([init()]);
+        let mut stalled = hub.subscribe();
+        let mut reading = hub.subscribe();
+        assert_eq!(ready(&mut reading).len(), 1, "the init segment");
+        for tag in 0..50u8 {
+            // Every fifth Cluster starts with a keyframe.
+            hub.publish([cluster(tag, 300, tag % 5 == 0)]);
+            let got = ready(&mut reading);
+            assert_eq!(got.len(), 1, "a reading viewer never lags");
+            assert_eq!(got[0].bytes[0], tag);
+            assert!(hub.status().buffered_bytes <= 1000, "{:?}", hub.status());
+        }
+        // The stalled viewer could keep only the last three Clusters: it lost chunks, so it
+        // starts again at the next keyframe Cluster, after the init segment.
+        let got = ready(&mut stalled);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(matches!(got[0].kind, ChunkKind::Init(_)));
+        assert_eq!(hub.status().lag_resyncs, 1);
+        hub.publish([cluster(50, 300, false), cluster(51, 300, true)]);
+        let got = ready(&mut stalled);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].bytes[0], 51, "resumed at the keyframe Cluster");
+    }
+
+    #[tokio::test]
+    async fn the_newest_chunk_stays_even_if_it_alone_is_over_budget() {
+        let hub = Hub::new(Limits {
+            chunks: 1000,
+            bytes: 100,
+        });
+        hub.publish([init()]);
+        let mut viewer = hub.subscribe();
+        hub.publish([cluster(1, 5000, true)]);
+        let got = ready(&mut viewer);
+        assert_eq!(got.len(), 2, "init and the big Cluster");
+        assert_eq!(got[1].bytes.len(), 5000);
+        // The join cache refuses it, so a viewer joining now waits for the next keyframe.
+        assert_eq!(hub.status().join_cache_bytes, 0);
+        let mut late = hub.subscribe();
+        assert_eq!(ready(&mut late).len(), 1, "only the init segment");
+        hub.publish([cluster(2, 50, true)]);
+        assert_eq!(ready(&mut late)[0].bytes[0], 2);
+    }
+
+    #[tokio::test]
+    async fn a_viewer_takes_a_bounded_batch_per_wake_up() {
+        let hub = Hub::new(Limits {
+            chunks: 1000,
+            bytes: usize::MAX,
+        });
+        hub.publish([init()]);
+        let mut viewer = hub.subscribe();
+        ready(&mut viewer);
+        hub.publish((0..8).map(|tag| cluster(tag, MAX_BATCH_BYTES / 2, tag == 0)));
+        let first = tokio::task::unconstrained(viewer.next()).now_or_never();
+        assert!(matches!(first, Some(Ok(_))));
+        assert!(
+            viewer.backlog.len() < 4,
+            "{} chunks taken at once",
+            viewer.backlog.len() + 1
+        );
+        assert_eq!(ready(&mut viewer).len(), 7, "the rest arrive, in order");
+    }
+
+    #[tokio::test]
+    async fn close_ends_every_viewer() {
+        let hub = Hub::default();
+        let mut viewer = hub.subscribe();
+        let waiting = tokio::spawn(async move { viewer.next().await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        hub.close();
+        assert!(matches!(waiting.await.unwrap(), Err(HubError::Closed)));
     }
 }

@@ -21,8 +21,8 @@
 //!   byte-exact), the live writer that turns encoded frames into viewer-stream chunks, and the
 //!   remuxer that turns a passthrough source's events into the same chunks.
 //! - [`hub`]: caches the init segment and the latest keyframe Cluster so a new viewer starts
-//!   at once, and fans chunks out over a `tokio::sync::broadcast` channel; a viewer that lags
-//!   skips to the next keyframe Cluster.
+//!   at once, and fans chunks out from a ring bounded in chunks and bytes; a viewer that falls
+//!   off the ring skips to the next keyframe Cluster.
 //! - [`hls`]: the HLS mirror: the same annotated pictures encoded again to H.264, cut into
 //!   MPEG-TS segments with a sliding live playlist, written atomically into a run directory.
 //! - [`http`]: warp routes: pages, viewers (`/ws/view`, `/live.webm`), presenters

@@ -112,8 +112,32 @@ struct ServeArgs {
     idle_timeout: Duration,
 
     /// Chunks kept for viewers that fall behind, before they skip to the next keyframe.
-    #[arg(long, default_value_t = lenscast::hub::DEFAULT_CHANNEL_CAPACITY)]
-    viewer_buffer: usize,
+    #[arg(long, default_value_t = lenscast::hub::DEFAULT_CHANNEL_CAPACITY as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    viewer_buffer: u64,
+
+    /// Bytes kept for viewers that fall behind (e.g. 16MiB, 512KiB), and the most the cache
+    /// for joining viewers holds. Bounds the server's memory however large the source's
+    /// frames are and however long a viewer stalls.
+    #[arg(long, default_value = "16MiB", value_name = "SIZE", value_parser = byte_size(64 * 1024, 1 << 30))]
+    viewer_buffer_bytes: usize,
+}
+
+/// A parser for a byte size within `min..=max`, like `16MiB`, `512 KiB` or `20MB` (the
+/// `bytesize` crate's syntax: KiB/MiB/GiB are binary, kB/MB/GB decimal).
+fn byte_size(min: u64, max: u64) -> impl Fn(&str) -> Result<usize, String> + Clone {
+    move |text: &str| {
+        let size: bytesize::ByteSize = text
+            .parse()
+            .map_err(|error| format!("{text:?} is not a size: {error}"))?;
+        if !(min..=max).contains(&size.as_u64()) {
+            return Err(format!(
+                "{text:?} is out of range ({} to {})",
+                bytesize::ByteSize(min).display().iec(),
+                bytesize::ByteSize(max).display().iec()
+            ));
+        }
+        Ok(size.as_u64() as usize)
+    }
 }
 
 /// A parser for a number of seconds within `min..=max` (so `inf`, `NaN` and absurd values
@@ -215,7 +239,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             viewer_send_timeout: args.viewer_timeout,
             presenter_idle: args.presenter_idle,
         },
-        viewer_buffer: args.viewer_buffer,
+        viewer_buffer: lenscast::hub::Limits {
+            chunks: args.viewer_buffer as usize,
+            bytes: args.viewer_buffer_bytes,
+        },
         max_resolution: args.max_resolution,
         connections: ConnLimits {
             max_connections: args.max_connections as usize,

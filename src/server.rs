@@ -52,8 +52,8 @@ pub struct ServerConfig {
     /// The HLS mirror, if on.
     pub hls: Option<HlsConfig>,
     pub http: HttpConfig,
-    /// Chunks kept for viewers that fall behind.
-    pub viewer_buffer: usize,
+    /// What the hub keeps for viewers that fall behind (chunks and bytes).
+    pub viewer_buffer: crate::hub::Limits,
     /// The largest picture a source may send when it is decoded.
     pub max_resolution: Resolution,
     /// Connection cap and timeouts.
@@ -69,7 +69,7 @@ impl Default for ServerConfig {
             pipeline: PipelineConfig::default(),
             hls: Some(HlsConfig::default()),
             http: HttpConfig::default(),
-            viewer_buffer: crate::hub::DEFAULT_CHANNEL_CAPACITY,
+            viewer_buffer: crate::hub::Limits::default(),
             max_resolution: Resolution::DEFAULT,
             connections: ConnLimits::default(),
         }

@@ -382,3 +382,52 @@ async fn uploads_faster_than_real_time_are_refused_however_they_are_stamped() {
     assert!(answer.contains("faster than real time"), "{answer}");
     assert_unharmed("too fast", &server, addr, baseline).await;
 }
+
+/// A `/ws/view` viewer that completes the handshake and then never reads, with a small receive
+/// buffer so that its socket fills (and the server's send to it blocks) early.
+async fn stalled_viewer(
+    addr: SocketAddr,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let (viewer, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws/view"), stream)
+        .await
+        .unwrap();
+    viewer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_viewer_pins_no_more_than_the_viewer_buffer() {
+    // Passthrough, so the presenter's large frames reach the hub as they are; and a viewer
+    // timeout long enough that only the byte budget can bound what the stalled viewer pins.
+    let (server, addr) = hostile_target(&["--passthrough", "--viewer-timeout", "300"]).await;
+    let baseline = peak_rss_kib(server.0.id());
+    let _stalled = stalled_viewer(addr).await;
+
+    // 30 Clusters, each one keyframe padded to 4 MiB: 120 MiB in all, sent as fast as the
+    // upload ceiling allows (5 MB/s, with the first 25 MB as slack).
+    const BLOCK: usize = 4 * 1024 * 1024;
+    let (mut frame, keyframe) = frames_of("vp8.webm")[0].clone();
+    assert!(keyframe);
+    frame.resize(BLOCK, 0);
+    let header = webm_stream(1_000_000, &[], 0);
+    let mut pieces = vec![(Duration::ZERO, header.clone())];
+    for i in 0..30u64 {
+        let one = webm_stream(1_000_000, &[(i * 900, &[(frame.clone(), true)])], 0);
+        let due = Duration::from_millis(i.saturating_sub(5) * 900);
+        pieces.push((due, one[header.len()..].to_vec()));
+    }
+    let mut presenter = connect_presenter(addr, &format!("token={TOKEN}"))
+        .await
+        .unwrap();
+    let closed = publish(&mut presenter, &pieces, true).await;
+    assert!(closed.is_none(), "the upload was refused: {closed:?}");
+    let held = status(addr).await["buffered_bytes"].as_u64().unwrap();
+    assert!(
+        held <= 16 * 1024 * 1024 + BLOCK as u64,
+        "the hub holds {held} bytes"
+    );
+    let _ = presenter.close(None).await;
+    assert_unharmed("stalled viewer", &server, addr, baseline).await;
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use futures_util::FutureExt;
 use lenscast::http::HttpConfig;
-use lenscast::hub::{Chunk, ChunkKind, Hub, Viewer};
+use lenscast::hub::{Chunk, ChunkKind, Hub, Limits, Viewer};
 use lenscast::media::Resolution;
 use lenscast::source::{self, Feeder, Input, Slot, SourceKind, Target};
 use lenscast::webm::{Event, LiveMuxer, StreamReader};
@@ -197,7 +197,10 @@ fn concat(chunks: &[Chunk]) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_restarted_source_continues_the_same_timeline() {
-    let hub = Hub::new(100_000);
+    let hub = Hub::new(Limits {
+        chunks: 100_000,
+        bytes: usize::MAX,
+    });
     let slot = Slot::new(Target::remux(hub.clone()), None, Resolution::DEFAULT);
     let mut viewer = hub.subscribe();
     // Two separate stdin-like sources, one after the other, both starting at timestamp 0.
@@ -219,7 +222,10 @@ async fn a_restarted_source_continues_the_same_timeline() {
 async fn a_slow_viewer_resyncs_at_a_keyframe_cluster_and_others_lose_nothing() {
     let bytes = std::fs::read(fixture_path("vp8-opus.webm")).unwrap();
     // A channel of 32 chunks: a viewer that does not read for a second of video lags.
-    let hub = Hub::new(32);
+    let hub = Hub::new(Limits {
+        chunks: 32,
+        bytes: usize::MAX,
+    });
     let mut fast = hub.subscribe();
     let mut slow = hub.subscribe();
     let mut fast_chunks = Vec::new();
