@@ -12,12 +12,15 @@
 //           Sent before every init segment. `mime` is what MediaSource.isTypeSupported and
 //           addSourceBuffer take; `width` and `height` are null when the stream has no video.
 //   binary  The message right after an "init" message is that init segment (EBML header,
-//           Segment, Info, Tracks). Every other binary message is media: the start of a Cluster
-//           or a block inside it, appended as it is.
+//           Segment, Info, Tracks). Every other binary message is media, appended as it is:
+//           whatever was ready when the server woke for this viewer (one or more Cluster starts
+//           and blocks, whole; never part of one).
 //   A viewer's first media is a Cluster that starts with a video keyframe; one that falls
 //   behind skips ahead to the next such Cluster, preceded by its init segment if it missed
 //   that. Cluster timestamps only move forward, even across source changes.
-//   close   1008 "viewer too slow": the socket took nothing for --viewer-timeout seconds.
+//   close   1008 "viewer too slow": the socket took nothing for --viewer-timeout seconds
+//           (best effort: a socket that takes nothing may not take this either).
+//           1009 the page sent a message over 4 KiB; 1002 a frame that breaks RFC 6455.
 //           1001 "server shutting down" (SIGTERM or Ctrl-C on the server).
 //
 // GET /ws/publish?token=…[&takeover=1]: the presenter's WebSocket.

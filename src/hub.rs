@@ -291,6 +291,16 @@ impl Hub {
                 continue;
             };
             if let ChunkKind::Init(init) = &chunk.kind {
+                if state
+                    .init
+                    .as_ref()
+                    .is_some_and(|now| now.bytes == init.bytes)
+                {
+                    // The same init again (a source restarted with the same settings): viewers
+                    // already have it, and one more EBML header mid-stream would only make
+                    // MSE start over and file-based readers stop.
+                    continue;
+                }
                 tracing::info!(mime = %init.info.mime, width = ?init.info.width, height = ?init.info.height, "new init segment");
                 state.init = Some(init.clone());
             }
@@ -415,7 +425,39 @@ pub struct Viewer {
 impl Viewer {
     /// The next chunk to send, or `Err(Closed)` when the hub is gone.
     pub async fn next(&mut self) -> Result<Chunk, HubError> {
-        let chunk = self.next_in_stream().await?;
+        loop {
+            // Marking the head seen before reading the ring means a publish that lands after
+            // the read still wakes `changed` below: nothing is missed.
+            self.head.borrow_and_update();
+            if let Some(ready) = self.ready() {
+                return ready;
+            }
+            // Cancel-safe: nothing is taken until the next loop.
+            if self.head.changed().await.is_err() {
+                return Err(HubError::Closed);
+            }
+        }
+    }
+
+    /// Waits for the next chunk, then appends it and every chunk that is ready after it to
+    /// `batch`, so a viewer writes a whole wake-up's worth at once. Cancel-safe.
+    pub async fn next_batch(&mut self, batch: &mut Vec<Chunk>) -> Result<(), HubError> {
+        batch.push(self.next().await?);
+        while let Some(Ok(chunk)) = self.ready() {
+            batch.push(chunk);
+        }
+        Ok(())
+    }
+
+    /// The next chunk if one is ready now (`None` means wait for the head to move).
+    fn ready(&mut self) -> Option<Result<Chunk, HubError>> {
+        if self.head.borrow().closed {
+            return Some(Err(HubError::Closed));
+        }
+        if self.backlog.is_empty() {
+            self.take_ready();
+        }
+        let chunk = self.backlog.pop_front()?;
         match &chunk.kind {
             ChunkKind::Init(init) => self.sent_init = Some(init.clone()),
             ChunkKind::ClusterStart { init, .. } => {
@@ -425,32 +467,12 @@ impl Viewer {
                     self.sent_init = Some(init.clone());
                     let init = Chunk::init(init.clone());
                     self.backlog.push_front(chunk);
-                    return Ok(init);
+                    return Some(Ok(init));
                 }
             }
             ChunkKind::Block => {}
         }
-        Ok(chunk)
-    }
-
-    async fn next_in_stream(&mut self) -> Result<Chunk, HubError> {
-        loop {
-            // Marking the head seen before reading the ring means a publish that lands after
-            // the read still wakes `changed` below: nothing is missed.
-            if self.head.borrow_and_update().closed {
-                return Err(HubError::Closed);
-            }
-            if let Some(chunk) = self.backlog.pop_front() {
-                return Ok(chunk);
-            }
-            self.take_ready();
-            if self.backlog.is_empty() {
-                // Cancel-safe: nothing is taken until the next loop.
-                if self.head.changed().await.is_err() {
-                    return Err(HubError::Closed);
-                }
-            }
-        }
+        Some(Ok(chunk))
     }
 
     /// Moves what is ready in the ring into the backlog, in one lock, up to a batch's worth;

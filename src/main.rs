@@ -236,7 +236,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         http: HttpConfig {
             allowed_origins: args.allow_origin,
             allowed_hosts: args.allow_host,
-            viewer_send_timeout: args.viewer_timeout,
             presenter_idle: args.presenter_idle,
         },
         viewer_buffer: lenscast::hub::Limits {
@@ -248,6 +247,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_connections: args.max_connections as usize,
             header_timeout: args.header_timeout,
             idle_timeout: args.idle_timeout,
+            write_timeout: args.viewer_timeout,
         },
     };
     // Installed before anything starts, so a SIGTERM at any moment shuts down cleanly.

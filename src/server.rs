@@ -170,10 +170,14 @@ impl Server {
             })
         });
         let (closing, closed) = tokio::sync::watch::channel(false);
-        let serving = http::conn::serve(listener, http::routes(app.clone()), limits, async move {
+        let hub = app.hub.clone();
+        let on_stall: http::conn::StallHook = Arc::new(move || hub.count_slow_drop());
+        let stop = async move {
             let mut closed = closed;
             let _ = closed.wait_for(|closed| *closed).await;
-        });
+        };
+        let serving =
+            http::conn::serve(listener, http::routes(app.clone()), limits, on_stall, stop);
         tokio::pin!(serving);
         tokio::select! {
             _ = &mut serving => {}

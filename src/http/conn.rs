@@ -8,6 +8,8 @@
 //! - a connection on which nothing moves either way for `idle_timeout` is closed (a keep-alive
 //!   connection left open, a stalled upload). Viewers' streams send keepalives (WebSocket
 //!   pings, Void elements on `/live.webm`) so a quiet broadcast never looks idle;
+//! - a write that waits `write_timeout` for the peer to read is a stalled viewer (or
+//!   download): the connection is closed and counted, for every kind of response alike;
 //! - shutdown stops accepting and lets connections finish, within the caller's grace period.
 
 use std::future::Future;
@@ -34,6 +36,9 @@ pub struct ConnLimits {
     pub header_timeout: Duration,
     /// Time a connection may sit with nothing read or written.
     pub idle_timeout: Duration,
+    /// Time a write may wait for the peer to read (`--viewer-timeout`): a viewer or download
+    /// that accepts nothing this long is closed.
+    pub write_timeout: Duration,
 }
 
 impl Default for ConnLimits {
@@ -42,6 +47,7 @@ impl Default for ConnLimits {
             max_connections: 10_000,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -66,6 +72,7 @@ pub async fn serve<F>(
     listener: TcpListener,
     filter: F,
     limits: ConnLimits,
+    on_stall: StallHook,
     stop: impl Future<Output = ()>,
 ) where
     F: Filter + Clone + Send + Sync + 'static,
@@ -108,7 +115,7 @@ pub async fn serve<F>(
             let mut service = service.clone();
             service.call(request)
         });
-        let io = TokioIo::new(Idle::new(stream, limits.idle_timeout));
+        let io = TokioIo::new(Idle::new(stream, limits, on_stall.clone()));
         let connection = builder
             .serve_connection_with_upgrades(io, service)
             .into_owned();
@@ -124,50 +131,111 @@ pub async fn serve<F>(
     graceful.shutdown().await;
 }
 
-/// A stream that fails with `TimedOut` once nothing has been read or written for `limit`.
+/// A stream that fails with `TimedOut` once nothing has been read or written for
+/// `idle_timeout`, or once a write has waited `write_timeout` (the peer reads nothing: a
+/// stalled viewer or download), counting the latter with `on_stall`.
+///
+/// Deadlines are lazy: progress only notes the time, and the one timer is re-armed when it
+/// fires early or must fire sooner (a write starts waiting). So a busy connection costs a
+/// clock read per operation, not a timer update per write.
 struct Idle {
     stream: TcpStream,
-    limit: Duration,
-    deadline: Pin<Box<Sleep>>,
+    limits: ConnLimits,
+    /// When something was last read or written.
+    last_progress: Instant,
+    /// Since when the current write has been waiting, if one is.
+    write_waiting_since: Option<Instant>,
+    timer: Pin<Box<Sleep>>,
+    on_stall: StallHook,
+    /// Set once the connection has failed, so a stall is counted once.
+    failed: bool,
 }
 
+/// Called once for each connection closed because its writes stayed blocked.
+pub type StallHook = Arc<dyn Fn() + Send + Sync>;
+
 impl Idle {
-    fn new(stream: TcpStream, limit: Duration) -> Self {
+    fn new(stream: TcpStream, limits: ConnLimits, on_stall: StallHook) -> Self {
+        let now = Instant::now();
         Idle {
             stream,
-            limit,
-            deadline: Box::pin(tokio::time::sleep(limit)),
+            limits,
+            last_progress: now,
+            write_waiting_since: None,
+            timer: Box::pin(tokio::time::sleep_until(now + limits.idle_timeout)),
+            on_stall,
+            failed: false,
         }
     }
 
-    fn moved(&mut self) {
-        self.deadline.as_mut().reset(Instant::now() + self.limit);
+    /// When the connection times out, and whether that would be a blocked write.
+    fn deadline(&self) -> (Instant, bool) {
+        let idle = self.last_progress + self.limits.idle_timeout;
+        match self.write_waiting_since {
+            Some(since) if since + self.limits.write_timeout < idle => {
+                (since + self.limits.write_timeout, true)
+            }
+            _ => (idle, false),
+        }
     }
 
-    /// The one rule for every read and write: progress pushes the deadline back; a
-    /// pending operation fails with `TimedOut` once the deadline has passed (polling the
-    /// deadline registers the waker, so the task wakes when it does).
+    /// The one rule for every read and write: progress notes the time; a pending operation
+    /// fails with `TimedOut` once its deadline has passed (polling the timer registers the
+    /// waker, so the task wakes when it fires).
     fn watch<T>(
         &mut self,
         cx: &mut Context<'_>,
         polled: Poll<std::io::Result<T>>,
         progressed: impl FnOnce(&T) -> bool,
+        writing: bool,
     ) -> Poll<std::io::Result<T>> {
         match polled {
             Poll::Ready(Ok(value)) => {
                 if progressed(&value) {
-                    self.moved();
+                    self.last_progress = Instant::now();
+                    if writing {
+                        self.write_waiting_since = None;
+                    }
                 }
                 Poll::Ready(Ok(value))
             }
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "connection idle too long",
-                ))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if writing && self.write_waiting_since.is_none() {
+                    self.write_waiting_since = Some(Instant::now());
+                }
+                match self.expired(cx) {
+                    Some(error) => Poll::Ready(Err(error)),
+                    None => Poll::Pending,
+                }
+            }
             failed => failed,
+        }
+    }
+
+    /// The timeout error if the deadline has passed; otherwise arms the timer for it.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
+        loop {
+            let (deadline, stalled) = self.deadline();
+            if self.failed || Instant::now() >= deadline {
+                if stalled && !self.failed {
+                    (self.on_stall)();
+                }
+                self.failed = true;
+                let what = if stalled {
+                    "the peer accepted nothing for too long"
+                } else {
+                    "connection idle too long"
+                };
+                return Some(std::io::Error::new(std::io::ErrorKind::TimedOut, what));
+            }
+            if self.timer.deadline() > deadline {
+                self.timer.as_mut().reset(deadline);
+            }
+            match self.timer.as_mut().poll(cx) {
+                Poll::Pending => return None,
+                // Fired for an earlier deadline that progress has since moved: re-arm.
+                Poll::Ready(()) => self.timer.as_mut().reset(deadline),
+            }
         }
     }
 }
@@ -181,7 +249,7 @@ impl AsyncRead for Idle {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
         let after = buf.filled().len();
-        self.watch(cx, polled, |_| after > before)
+        self.watch(cx, polled, |_| after > before, false)
     }
 }
 
@@ -192,7 +260,7 @@ impl AsyncWrite for Idle {
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.stream).poll_write(cx, data);
-        self.watch(cx, polled, |n| *n > 0)
+        self.watch(cx, polled, |n| *n > 0, true)
     }
 
     fn poll_write_vectored(
@@ -201,7 +269,7 @@ impl AsyncWrite for Idle {
         data: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, data);
-        self.watch(cx, polled, |n| *n > 0)
+        self.watch(cx, polled, |n| *n > 0, true)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -9,6 +9,7 @@ pub mod hls;
 mod origin;
 pub mod publish;
 mod view;
+mod ws;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -54,8 +55,6 @@ pub struct HttpConfig {
     pub allowed_origins: Vec<String>,
     /// Names this server may be reached as, besides IP addresses and `localhost`.
     pub allowed_hosts: Vec<String>,
-    /// A viewer whose socket accepts nothing for this long is disconnected.
-    pub viewer_send_timeout: Duration,
     /// A presenter that sends no media for this long is ended, and the input resumes.
     pub presenter_idle: Duration,
 }
@@ -65,7 +64,6 @@ impl Default for HttpConfig {
         HttpConfig {
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
-            viewer_send_timeout: Duration::from_secs(10),
             presenter_idle: Duration::from_secs(5),
         }
     }
@@ -137,14 +135,18 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = In
         });
     let ws_view = warp::path!("ws" / "view")
         .and(origin::check(app.config.clone()))
-        .and(warp::ws())
+        .and(warp::get())
+        .and(ws::upgrade())
         .and(with_app(app.clone()))
         .and(conn::remote())
-        .map(|ws: warp::ws::Ws, app: App, remote: Option<SocketAddr>| {
-            ws.max_message_size(MAX_VIEWER_MESSAGE)
-                .max_frame_size(MAX_VIEWER_MESSAGE)
-                .on_upgrade(move |socket| view::websocket(socket, app, remote))
-        });
+        .map(
+            |upgrade: Result<ws::Upgrade, &'static str>, app: App, remote: Option<SocketAddr>| {
+                match upgrade {
+                    Ok(upgrade) => upgrade.reply(move |io| view::websocket(io, app, remote)),
+                    Err(reason) => ws::refuse(reason),
+                }
+            },
+        );
     let hls_files = warp::path!("hls" / String)
         .and(warp::get())
         .and(with_app(app.clone()))

@@ -2,30 +2,29 @@
 //! (`/live.webm`, for ffplay, VLC, ffprobe, GStreamer).
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use tokio_stream::wrappers::ReceiverStream;
+use bytes::Bytes;
+use tokio::time::{Instant, Sleep};
 use warp::http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use warp::ws::{Message, WebSocket};
 use warp::Reply;
 
-use super::App;
-use crate::hub::{Chunk, ChunkKind};
+use super::{ws, App, MAX_VIEWER_MESSAGE};
+use crate::hub::{Chunk, ChunkKind, Hub, Viewer};
 
-/// Chunks queued for one `/live.webm` response before its writer waits.
-const HTTP_QUEUE: usize = 64;
 /// A viewer's connection gets a keepalive after this long without media (the broadcast is
 /// paused, or there is no source yet), so the idle-connection timeout never ends a viewer
 /// who is only waiting.
-const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+const KEEPALIVE: Duration = Duration::from_secs(15);
 /// An empty EBML Void element: valid anywhere in a WebM stream, skipped by every reader.
 const VOID: &[u8] = &[0xEC, 0x80];
 
 static NEXT_VIEWER: AtomicU64 = AtomicU64::new(1);
 
 /// The text message sent before each init segment, telling the page how to set up MSE.
-fn init_message(chunk: &Chunk) -> Option<Message> {
+fn init_message(chunk: &Chunk) -> Option<String> {
     let ChunkKind::Init(init) = &chunk.kind else {
         return None;
     };
@@ -36,129 +35,190 @@ fn init_message(chunk: &Chunk) -> Option<Message> {
         "width": info.width,
         "height": info.height,
     });
-    Some(Message::text(json.to_string()))
+    Some(json.to_string())
 }
 
-/// Sends a close frame, best effort and bounded: a socket that is blocked (the reason we may
-/// be closing it) may not take it.
-async fn close<S>(tx: &mut S, code: u16, reason: &'static str)
-where
-    S: futures_util::Sink<Message> + Unpin,
-{
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_millis(200),
-        tx.send(Message::close_with(code, reason)),
-    )
-    .await;
+/// Writes one wake-up's chunks: media as one binary message; an init segment as its own
+/// message after its "init" text (the page treats the message after that text as the init).
+async fn send_batch(writer: &mut ws::Writer, batch: &[Chunk]) -> std::io::Result<()> {
+    let mut media: Vec<bytes::Bytes> = Vec::with_capacity(batch.len());
+    for chunk in batch {
+        if let Some(text) = init_message(chunk) {
+            if !media.is_empty() {
+                writer.binary(&media).await?;
+                media.clear();
+            }
+            writer.text(&text).await?;
+            writer.binary(std::slice::from_ref(&chunk.bytes)).await?;
+        } else {
+            media.push(chunk.bytes.clone());
+        }
+    }
+    if !media.is_empty() {
+        writer.binary(&media).await?;
+    }
+    Ok(())
 }
 
-/// Serves one WebSocket viewer until it leaves, the hub closes, or its socket stays blocked.
-pub async fn websocket(socket: WebSocket, app: App, remote: Option<SocketAddr>) {
+/// Why a write failed, for the log; a stalled socket (the connection layer's write timeout)
+/// is the viewer being too slow.
+fn write_failure(error: &std::io::Error) -> &'static str {
+    if error.kind() == std::io::ErrorKind::TimedOut {
+        "socket blocked too long"
+    } else {
+        "socket error"
+    }
+}
+
+/// Serves one WebSocket viewer until it leaves, the hub closes, or its socket stays blocked
+/// (the connection layer then fails its writes after `--viewer-timeout`).
+pub async fn websocket(io: ws::Io, app: App, remote: Option<SocketAddr>) {
     let id = NEXT_VIEWER.fetch_add(1, Ordering::Relaxed);
     let mut viewer = app.hub.subscribe();
     tracing::info!(viewer = id, ?remote, via = "ws", "viewer joined");
-    let (mut tx, mut rx) = socket.split();
-    let timeout = app.config.viewer_send_timeout;
-    let mut keepalive =
-        tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+    let (mut reader, mut writer) = ws::split(io, MAX_VIEWER_MESSAGE);
+    let mut batch = Vec::new();
+    // One timer per viewer, re-armed only when it fires: sending notes the time instead.
+    let mut last_sent = Instant::now();
+    let keepalive = tokio::time::sleep(KEEPALIVE);
+    tokio::pin!(keepalive);
     let reason = loop {
         tokio::select! {
-            _ = keepalive.tick() => {
-                if tokio::time::timeout(timeout, tx.send(Message::ping(Vec::new()))).await.is_err() {
-                    app.hub.count_slow_drop();
-                    close(&mut tx, 1008, "viewer too slow").await;
-                    break "socket blocked too long";
+            () = &mut keepalive => {
+                if last_sent.elapsed() >= KEEPALIVE {
+                    if let Err(error) = writer.ping().await {
+                        break write_failure(&error);
+                    }
+                    last_sent = Instant::now();
                 }
+                keepalive.as_mut().reset(last_sent + KEEPALIVE);
             }
-            chunk = viewer.next() => {
-                keepalive.reset();
-                let Ok(chunk) = chunk else {
-                    close(&mut tx, 1001, "server shutting down").await;
+            next = viewer.next_batch(&mut batch) => {
+                if next.is_err() {
+                    close(&mut writer, 1001, "server shutting down").await;
                     break "server shutting down";
-                };
-                let text = init_message(&chunk);
-                let send = async {
-                    if let Some(text) = text {
-                        tx.feed(text).await?;
-                    }
-                    tx.send(Message::binary(chunk.bytes.clone())).await
-                };
-                match tokio::time::timeout(timeout, send).await {
-                    Ok(Ok(())) => app.hub.count_sent(&chunk),
-                    Ok(Err(_)) => break "socket error",
-                    Err(_) => {
-                        app.hub.count_slow_drop();
-                        close(&mut tx, 1008, "viewer too slow").await;
-                        break "socket blocked too long";
+                }
+                if let Err(error) = send_batch(&mut writer, &batch).await {
+                    break write_failure(&error);
+                }
+                for chunk in &batch {
+                    app.hub.count_sent(chunk);
+                }
+                batch.clear();
+                last_sent = Instant::now();
+            }
+            incoming = reader.next() => match incoming {
+                Ok(ws::Incoming::Close) => {
+                    close(&mut writer, 1000, "").await;
+                    break "closed by viewer";
+                }
+                Ok(ws::Incoming::Ping(payload)) => {
+                    if let Err(error) = writer.pong(&payload).await {
+                        break write_failure(&error);
                     }
                 }
-            }
-            msg = rx.next() => match msg {
-                Some(Ok(msg)) if msg.is_close() => break "closed by viewer",
-                Some(Ok(_)) => {}
-                Some(Err(error)) if super::too_large(&error) => {
-                    close(&mut tx, 1009, "viewers may send at most 4 KiB").await;
+                Ok(ws::Incoming::Ignored) => {}
+                Err(ws::WsError::TooLarge { .. }) => {
+                    close(&mut writer, 1009, "viewers may send at most 4 KiB").await;
                     break "sent a message over the size limit";
                 }
-                Some(Err(_)) | None => break "connection lost",
+                Err(ws::WsError::Protocol(_)) => {
+                    close(&mut writer, 1002, "not a valid WebSocket frame").await;
+                    break "broke the WebSocket protocol";
+                }
+                Err(ws::WsError::Eof | ws::WsError::Io(_)) => break "connection lost",
             }
         }
     };
     tracing::info!(viewer = id, ?remote, via = "ws", reason, "viewer left");
 }
 
+/// Sends a close frame, best effort and bounded: a socket that is blocked (the reason we may
+/// be closing it) may not take it.
+async fn close(writer: &mut ws::Writer, code: u16, reason: &str) {
+    let _ = tokio::time::timeout(Duration::from_millis(200), writer.close(code, reason)).await;
+}
+
 /// `/live.webm`: the same stream as a chunked HTTP body.
+///
+/// The body reads the hub directly: hyper polls it whenever the socket can take more, and
+/// writes everything that was ready in one go. A client that stops reading stops being
+/// polled; the connection layer closes it after `--viewer-timeout`, and the hub's ring bounds
+/// what it pinned meanwhile.
 pub fn http_stream(app: App, remote: Option<SocketAddr>) -> warp::reply::Response {
     let id = NEXT_VIEWER.fetch_add(1, Ordering::Relaxed);
     let content_type = match app.hub.stream_info() {
         Some(info) if !info.has_video => "audio/webm",
         _ => "video/webm",
     };
-    let mut viewer = app.hub.subscribe();
-    let (queue, body) =
-        tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(HTTP_QUEUE);
-    let timeout = app.config.viewer_send_timeout;
     tracing::info!(viewer = id, ?remote, via = "http", "viewer joined");
-    // The writer runs apart from the response body so that a client that stops reading is
-    // noticed (the queue stays full past the timeout) and dropped, instead of pinning the hub.
-    tokio::spawn(async move {
-        let mut started = false;
-        let reason = loop {
-            let next = match tokio::time::timeout(KEEPALIVE, viewer.next()).await {
-                Ok(next) => next,
-                // Quiet: a Void keeps the connection alive (only once the stream has begun:
-                // a WebM file must start with its EBML header).
-                Err(_) if started => {
-                    match queue
-                        .send_timeout(Ok(bytes::Bytes::from_static(VOID)), timeout)
-                        .await
-                    {
-                        Ok(()) => continue,
-                        Err(_) => break "client gone or blocked",
-                    }
-                }
-                Err(_) => continue,
-            };
-            let Ok(chunk) = next else {
-                break "server shutting down";
-            };
-            started = true;
-            match queue.send_timeout(Ok(chunk.bytes.clone()), timeout).await {
-                Ok(()) => app.hub.count_sent(&chunk),
-                Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {
-                    app.hub.count_slow_drop();
-                    break "client blocked too long";
-                }
-                Err(tokio::sync::mpsc::error::SendTimeoutError::Closed(_)) => {
-                    break "closed by viewer"
-                }
-            }
-        };
-        tracing::info!(viewer = id, ?remote, via = "http", reason, "viewer left");
+    let body = HttpViewer {
+        viewer: app.hub.subscribe(),
+        hub: app.hub.clone(),
+        keepalive: Box::pin(tokio::time::sleep(KEEPALIVE)),
+        last_sent: Instant::now(),
+        started: false,
+        id,
+        remote,
+        reason: "closed by viewer or blocked too long",
+    };
+    let stream = futures_util::stream::unfold(body, |mut body| async move {
+        let bytes = body.next().await?;
+        Some((Ok::<_, std::io::Error>(bytes), body))
     });
-    let mut response = warp::reply::stream(ReceiverStream::new(body)).into_response();
+    let mut response = warp::reply::stream(stream).into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, content_type.parse().expect("valid header"));
     headers.insert(CACHE_CONTROL, "no-store".parse().expect("valid header"));
     response
+}
+
+/// One `/live.webm` viewer's body: chunks from the hub, and keepalives while it is quiet.
+struct HttpViewer {
+    viewer: Viewer,
+    hub: Hub,
+    /// One timer per viewer, re-armed only when it fires: sending notes the time instead.
+    keepalive: Pin<Box<Sleep>>,
+    last_sent: Instant,
+    /// False until the first chunk: a WebM file must start with its EBML header, not a Void.
+    started: bool,
+    id: u64,
+    remote: Option<SocketAddr>,
+    /// Why the body ended, for the log line when it is dropped.
+    reason: &'static str,
+}
+
+impl HttpViewer {
+    async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            tokio::select! {
+                next = self.viewer.next() => {
+                    let Ok(chunk) = next else {
+                        self.reason = "server shutting down";
+                        return None;
+                    };
+                    self.started = true;
+                    self.hub.count_sent(&chunk);
+                    self.last_sent = Instant::now();
+                    return Some(chunk.bytes);
+                }
+                () = &mut self.keepalive => {
+                    let quiet = self.last_sent.elapsed() >= KEEPALIVE;
+                    if quiet {
+                        self.last_sent = Instant::now();
+                    }
+                    self.keepalive.as_mut().reset(self.last_sent + KEEPALIVE);
+                    if quiet && self.started {
+                        return Some(Bytes::from_static(VOID));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for HttpViewer {
+    fn drop(&mut self) {
+        tracing::info!(viewer = self.id, remote = ?self.remote, via = "http", reason = self.reason, "viewer left");
+    }
 }

@@ -271,10 +271,19 @@ fn write_temp(bytes: &[u8]) -> tempfile::NamedTempFile {
 pub fn assert_decodes_from_start(label: &str, bytes: &[u8]) -> usize {
     assert!(bytes.len() > 1000, "{label}: only {} bytes", bytes.len());
     let errors = ffmpeg_errors(bytes);
-    assert!(
-        errors.trim().is_empty(),
-        "{label}: ffmpeg reported: {errors}"
-    );
+    if !errors.trim().is_empty() {
+        // Keep the stream for whoever reads the failure (a flake may not come back).
+        let kept = std::env::temp_dir().join(format!(
+            "lenscast-failed-{}-{}.webm",
+            label.replace(|c: char| !c.is_ascii_alphanumeric(), "-"),
+            std::process::id()
+        ));
+        let _ = std::fs::write(&kept, bytes);
+        panic!(
+            "{label}: ffmpeg reported: {errors} (stream kept in {})",
+            kept.display()
+        );
+    }
     let video = packets(bytes, "v");
     assert!(!video.is_empty(), "{label}: no video packets");
     assert!(video[0].1, "{label}: first video packet is not a keyframe");

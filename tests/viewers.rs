@@ -1,0 +1,181 @@
+//! The viewer connections themselves: the WebSocket protocol as our lean viewer socket speaks
+//! it (checked by tungstenite as the client), and stalled viewers dropped after
+//! `--viewer-timeout` without holding anyone else up.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use lenscast::http::conn::ConnLimits;
+use lenscast::http::HttpConfig;
+use lenscast::server::ServerConfig;
+use lenscast::source::Input;
+use lenscast::webm::{InitSegment, Output, StreamInfo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Reads messages until one matches `wanted`, or panics after 5 s.
+async fn until<S>(socket: &mut S, what: &str, wanted: impl Fn(&Message) -> bool) -> Message
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), socket.next()).await {
+            Ok(Some(Ok(message))) if wanted(&message) => return message,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("waiting for {what}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_viewer_websocket_answers_pings_closes_and_refuses_broken_frames() {
+    let server = start(
+        Some(Input::File(fixture_path("vp8.webm"))),
+        HttpConfig::default(),
+    )
+    .await;
+    let addr = server.addr;
+
+    // A plain GET is told what the endpoint wants.
+    let (code, _, body) = http_get(addr, "/ws/view", Duration::from_secs(2)).await;
+    assert_eq!(code, 400);
+    assert!(String::from_utf8_lossy(&body).contains("WebSocket upgrade"));
+
+    // The init text, then binary media; a ping is answered with its payload; a close is
+    // answered with a close, and the stream ends.
+    let (mut viewer, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/view"))
+        .await
+        .unwrap();
+    let first = until(&mut viewer, "init", |m| m.is_text()).await;
+    assert!(first.to_text().unwrap().contains("\"type\":\"init\""));
+    until(&mut viewer, "media", |m| m.is_binary()).await;
+    viewer
+        .send(Message::Ping(Bytes::from_static(b"lenscast")))
+        .await
+        .unwrap();
+    let pong = until(&mut viewer, "pong", |m| m.is_pong()).await;
+    assert_eq!(pong.into_data(), Bytes::from_static(b"lenscast"));
+    viewer.close(None).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = viewer.next().await {}
+    })
+    .await;
+    assert!(
+        end.is_ok(),
+        "the server did not end the stream after a close"
+    );
+
+    // A client frame without a mask breaks RFC 6455: close 1002.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /ws/view HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "the accept key of RFC 6455's example: {head}"
+    );
+    stream.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
+    let mut client =
+        tokio_tungstenite::WebSocketStream::from_raw_socket(stream, Role::Client, None).await;
+    let close = until(&mut client, "close", |m| m.is_close()).await;
+    let Message::Close(Some(frame)) = close else {
+        panic!("a close without a code: {close:?}")
+    };
+    assert_eq!(frame.code, CloseCode::Protocol);
+    server.shut_down().await;
+}
+
+/// A socket with a tiny receive buffer that completes the handshake for `request` and then
+/// never reads, so the server's writes to it block early.
+async fn stalled(addr: SocketAddr, request: String) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+fn init_segment() -> Output {
+    Output::Init(Arc::new(InitSegment {
+        bytes: Bytes::from_static(b"\x1a\x45\xdf\xa3 an init segment"),
+        info: StreamInfo {
+            mime: "video/webm; codecs=\"vp8\"".into(),
+            codecs: vec!["V_VP8".into()],
+            width: Some(320),
+            height: Some(240),
+            has_video: true,
+            has_audio: false,
+        },
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_viewers_are_dropped_after_the_viewer_timeout_and_others_keep_up() {
+    let config = ServerConfig {
+        passthrough: true,
+        hls: None,
+        connections: ConnLimits {
+            write_timeout: Duration::from_secs(1),
+            ..ConnLimits::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = start_server(config, None).await;
+    let addr = server.addr;
+    server.hub.publish([init_segment()]);
+    let ws = format!(
+        "GET /ws/view HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    let _stalled_ws = stalled(addr, ws).await;
+    let http = format!("GET /live.webm HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let _stalled_http = stalled(addr, http).await;
+    let healthy = tokio::spawn(ws_collect(addr, Duration::from_secs(6)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 256 KiB keyframe Clusters at ~12 MB/s: the stalled sockets' buffers fill within a
+    // second or two, then their writes wait for --viewer-timeout (1 s here).
+    let mut published = 0usize;
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        let cluster = Bytes::from(vec![published as u8; 256 * 1024]);
+        published += cluster.len();
+        server.hub.publish([Output::ClusterStart {
+            bytes: cluster,
+            keyframe: true,
+        }]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = status(addr).await;
+    assert_eq!(
+        status["slow_viewers_dropped"], 2,
+        "both stalled viewers (WebSocket and /live.webm) are dropped: {status}"
+    );
+    assert_eq!(status["viewers"], 1, "{status}");
+    let received = healthy.await.unwrap();
+    assert!(!received.closed, "the healthy viewer was disconnected");
+    assert!(
+        received.bytes.len() >= published * 9 / 10,
+        "the healthy viewer fell behind: {} of {published} bytes",
+        received.bytes.len()
+    );
+    server.shut_down().await;
+}
