@@ -3,12 +3,14 @@ SHELL := /bin/bash
 .ONESHELL:
 .SHELLFLAGS := -euo pipefail -c
 
-# System packages: build (FFmpeg, OpenCV, clang for bindgen) and test tools (ffmpeg CLI,
-# mkvinfo, Chromium, GStreamer). Names verified on Debian 12 (see ../shared/PLATFORM.md).
+# System packages: build (FFmpeg, OpenCV, clang for bindgen), test tools (ffmpeg CLI,
+# mkvinfo, Chromium, GStreamer) and Icecast, the fan-out bench's yardstick. Names verified on
+# Debian 12 (see ../shared/PLATFORM.md).
 APT_PACKAGES := pkg-config clang libclang-dev libopencv-dev opencv-data \
 	libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev \
 	ffmpeg mkvtoolnix chromium chromium-driver \
-	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+	icecast2
 
 LISTEN ?= 127.0.0.1:8080
 ARGS ?=
@@ -59,8 +61,10 @@ lint:
 	# Release profile, like every other target: a dev-profile run would rebuild OpenCV bindings.
 	cargo clippy --release --workspace --all-targets -- -D warnings
 
-## bench: the fan-out benchmark (100 and 1000 WebSocket viewers, 30 s each; results in
-## target/bench/fanout.json). e.g. `make bench BENCH_ARGS="--viewers 10 --seconds 5"`.
+## bench: the fan-out benchmark: a 0.54 Mbit/s VP8 stream to 1000 viewers of lenscast
+## (/ws/view, /live.webm) and of Icecast 2.4 side by side, 20 s each, then a join storm of 500
+## viewers/s; CPU-s per GB, RSS per viewer, join p50/p99 (results in target/bench/fanout.json).
+## e.g. `make bench BENCH_ARGS="--viewers 1000,5000"` or BENCH_ARGS="--viewers 50 --seconds 5".
 bench: deps build
 	ulimit -n 65536 2>/dev/null || ulimit -n $$(ulimit -Hn)
 	cargo bench --bench fanout -- --server $(BIN) $(BENCH_ARGS)
