@@ -122,6 +122,22 @@ struct ServeArgs {
     viewer_buffer_bytes: usize,
 }
 
+/// Every connection is a file descriptor, and the usual soft limit (1024) is far below the
+/// viewers one box can serve: raise it to the hard limit, and say what we got.
+fn raise_open_files_limit(max_connections: u64) {
+    // Descriptors besides connections: the listener, the input, FFmpeg, HLS files, logs.
+    const SPARE: u64 = 64;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < max_connections + SPARE => tracing::warn!(
+            limit,
+            max_connections,
+            "the open files limit is below --max-connections: raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower --max-connections"
+        ),
+        Ok(limit) => tracing::info!(limit, "open files limit"),
+        Err(error) => tracing::warn!(%error, "could not raise the open files limit"),
+    }
+}
+
 /// A parser for a byte size within `min..=max`, like `16MiB`, `512 KiB` or `20MB` (the
 /// `bytesize` crate's syntax: KiB/MiB/GiB are binary, kB/MB/GB decimal).
 fn byte_size(min: u64, max: u64) -> impl Fn(&str) -> Result<usize, String> + Clone {
@@ -206,6 +222,7 @@ fn generate_token() -> String {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    raise_open_files_limit(args.max_connections as u64);
     let input = match args.input.as_deref() {
         None => Input::demo(),
         Some("-") => Input::Stdin,
@@ -253,8 +270,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Installed before anything starts, so a SIGTERM at any moment shuts down cleanly.
     let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    let server = Server::new(config).context("starting the server")?;
+    // Bound first: a taken port or a bad name fails before any encoder starts.
     let listener = http::bind(&args.listen).await?;
+    let server = Server::new(config).context("starting the server")?;
     let addr: SocketAddr = listener.local_addr().context("reading the bound address")?;
     let base = format!("http://{addr}");
     println!(

@@ -246,12 +246,37 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = In
     health.or(host.and(all)).recover(origin::recover)
 }
 
-/// Binds `addr`, with an error that names it.
+/// Connections the kernel queues before we accept them. A join storm (hundreds of viewers a
+/// second) must not find the queue full: Icecast's backlog of 5 stalls its joins for seconds.
+/// Linux caps it at `net.core.somaxconn` (4096 by default since 5.4).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` (an address or `name:port`) with a deep accept queue, with an error that
+/// names it.
 pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener, HttpError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|error| HttpError::Bind {
-            addr: addr.to_string(),
-            error,
-        })
+    let failed = |error| HttpError::Bind {
+        addr: addr.to_string(),
+        error,
+    };
+    let mut last_error = None;
+    for resolved in tokio::net::lookup_host(addr).await.map_err(failed)? {
+        let socket = if resolved.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        };
+        let bound = socket.and_then(|socket| {
+            // As std and tokio do: a restart can bind while old connections sit in TIME_WAIT.
+            socket.set_reuseaddr(true)?;
+            socket.bind(resolved)?;
+            socket.listen(LISTEN_BACKLOG)
+        });
+        match bound {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(failed(last_error.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "the name resolves to no address")
+    })))
 }
