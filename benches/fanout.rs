@@ -835,8 +835,6 @@ struct ViewerReport {
     first_keyframe_cluster: Option<Duration>,
     /// Cluster timecodes in arrival order, with when each arrived.
     clusters: Vec<(u64, Instant)>,
-    /// WebSocket text messages (lenscast's `{"type":"init",...}`) received.
-    text_messages: u64,
     /// What the header walk or (for the sampled viewers) the full parse refused.
     parse_error: Option<String>,
     /// Why the connection ended before the benchmark stopped it, if it did.
@@ -1069,7 +1067,7 @@ impl WsFrames {
                     2 => media.push(payload),
                     0 if self.message == 2 => media.push(payload),
                     8..=10 => self.control.extend_from_slice(payload),
-                    _ => {} // text: lenscast's init notice, counted at the end of its frame
+                    _ => {} // text: lenscast's init notice (JSON), not part of the stream
                 }
                 self.left -= take as u64;
                 input = rest;
@@ -1077,7 +1075,7 @@ impl WsFrames {
                     return None;
                 }
                 self.in_payload = false;
-                if let Some(ended) = self.frame_done(media) {
+                if let Some(ended) = self.frame_done() {
                     return Some(ended);
                 }
             }
@@ -1115,10 +1113,9 @@ impl WsFrames {
     }
 
     /// A whole frame has arrived.
-    fn frame_done(&mut self, media: &mut Media) -> Option<String> {
+    fn frame_done(&mut self) -> Option<String> {
         let control = std::mem::take(&mut self.control);
         match self.opcode {
-            1 => media.report.text_messages += 1,
             8 => {
                 let code = control.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
                 let reason = String::from_utf8_lossy(control.get(2..).unwrap_or_default());
