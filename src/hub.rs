@@ -25,6 +25,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use crate::audience::Audience;
 use crate::webm::{InitSegment, Output, StreamInfo};
 
 /// Chunks the ring holds; at ~80 chunks/s (30 fps video + Opus) about 12 s.
@@ -53,6 +54,24 @@ impl Default for Limits {
         }
     }
 }
+
+/// How often a viewer that keeps up is written to. Every write costs a system call and the
+/// kernel's TCP work per viewer, whatever its size, so with many viewers writing every
+/// frame at once is what the fan-out's CPU goes on; waiting a little between writes lets each
+/// carry several frames, for a little latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batching {
+    /// Every frame at once while fewer than [`AUTO_BATCH_VIEWERS`] watch (latency first);
+    /// with more, at most one write per [`AUTO_BATCH_INTERVAL`] per viewer (CPU first).
+    Auto,
+    /// At most one write per this long per viewer (zero: every frame at once).
+    Every(std::time::Duration),
+}
+
+/// With this many viewers or more, [`Batching::Auto`] batches.
+pub const AUTO_BATCH_VIEWERS: u64 = 200;
+/// The pause between writes [`Batching::Auto`] uses with many viewers.
+pub const AUTO_BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Errors of the broadcast stage.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +170,11 @@ struct Counters {
     bytes_in: AtomicU64,
 }
 
+/// A join cache that has not grown for this long belongs to a source that stopped (ended, or
+/// paused because nobody watched): a viewer joining now waits for fresh media instead of
+/// replaying a stale second.
+const STALE_JOIN_CACHE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Everything since the latest keyframe Cluster start, for viewers who join now.
 #[derive(Debug, Default)]
 struct JoinCache {
@@ -158,10 +182,21 @@ struct JoinCache {
     bytes: usize,
     /// False after overflowing: nothing is cached until the next keyframe Cluster.
     valid: bool,
+    /// When the last chunk was published.
+    last_push: Option<Instant>,
 }
 
 impl JoinCache {
+    /// What a viewer joining now should get, if anything.
+    fn fresh(&self) -> Option<&[Chunk]> {
+        let recent = self
+            .last_push
+            .is_some_and(|at| at.elapsed() < STALE_JOIN_CACHE);
+        (self.valid && recent && !self.chunks.is_empty()).then_some(&self.chunks[..])
+    }
+
     fn push(&mut self, chunk: &Chunk, max_bytes: usize) {
+        self.last_push = Some(Instant::now());
         match chunk.kind {
             ChunkKind::Init(_) => self.clear(false),
             ChunkKind::ClusterStart { keyframe: true, .. } => self.clear(true),
@@ -237,6 +272,8 @@ struct Shared {
     head: watch::Sender<Head>,
     counters: Counters,
     started: Instant,
+    audience: Audience,
+    batching: Batching,
 }
 
 /// The shared handle; see the module docs.
@@ -252,8 +289,13 @@ impl Default for Hub {
 }
 
 impl Hub {
-    /// A hub that keeps at most `limits` for viewers that fall behind.
+    /// A hub that keeps at most `limits` for viewers that fall behind, batching automatically.
     pub fn new(limits: Limits) -> Self {
+        Self::with_batching(limits, Batching::Auto)
+    }
+
+    /// A hub that keeps at most `limits` and paces writes to viewers by `batching`.
+    pub fn with_batching(limits: Limits, batching: Batching) -> Self {
         let limits = Limits {
             chunks: limits.chunks.max(1),
             bytes: limits.bytes.max(1),
@@ -269,6 +311,8 @@ impl Hub {
                 head: watch::channel(Head::default()).0,
                 counters: Counters::default(),
                 started: Instant::now(),
+                audience: Audience::new(),
+                batching,
             }),
         }
     }
@@ -337,8 +381,8 @@ impl Hub {
         let mut skipping = true;
         if let Some(init) = &state.init {
             backlog.push_back(Chunk::init(init.clone()));
-            if state.join.valid && !state.join.chunks.is_empty() {
-                backlog.extend(state.join.chunks.iter().cloned());
+            if let Some(cached) = state.join.fresh() {
+                backlog.extend(cached.iter().cloned());
                 skipping = false;
             }
         }
@@ -346,6 +390,7 @@ impl Hub {
         let counters = &self.shared.counters;
         counters.viewers.fetch_add(1, Ordering::Relaxed);
         counters.viewers_total.fetch_add(1, Ordering::Relaxed);
+        self.shared.audience.joined();
         Viewer {
             hub: self.clone(),
             head: self.shared.head.subscribe(),
@@ -373,6 +418,27 @@ impl Hub {
             .counters
             .slow_viewers_dropped
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How long a viewer that has just written should wait before its next write, if at all
+    /// (see [`Batching`]).
+    pub fn pause_between_writes(&self) -> Option<std::time::Duration> {
+        let interval = match self.shared.batching {
+            Batching::Every(interval) => interval,
+            Batching::Auto => {
+                let viewers = self.shared.counters.viewers.load(Ordering::Relaxed);
+                if viewers < AUTO_BATCH_VIEWERS {
+                    return None;
+                }
+                AUTO_BATCH_INTERVAL
+            }
+        };
+        (!interval.is_zero()).then_some(interval)
+    }
+
+    /// Who is watching: this hub's viewers, and HLS requests noted by the routes.
+    pub fn audience(&self) -> &Audience {
+        &self.shared.audience
     }
 
     /// The current stream's description, if a source has sent its Tracks.
@@ -447,6 +513,11 @@ impl Viewer {
             batch.push(chunk);
         }
         Ok(())
+    }
+
+    /// The next chunk if one is ready now, without waiting.
+    pub fn try_next(&mut self) -> Option<Result<Chunk, HubError>> {
+        self.ready()
     }
 
     /// The next chunk if one is ready now (`None` means wait for the head to move).
@@ -527,6 +598,7 @@ impl Drop for Viewer {
             .counters
             .viewers
             .fetch_sub(1, Ordering::Relaxed);
+        self.hub.shared.audience.left();
     }
 }
 
@@ -534,6 +606,7 @@ impl Drop for Viewer {
 mod tests {
     use super::*;
     use futures_util::FutureExt;
+    use std::time::Duration;
 
     fn init() -> Output {
         Output::Init(Arc::new(InitSegment {
@@ -633,6 +706,32 @@ mod tests {
             viewer.backlog.len() + 1
         );
         assert_eq!(ready(&mut viewer).len(), 7, "the rest arrive, in order");
+    }
+
+    #[tokio::test]
+    async fn batching_pauses_between_writes_only_when_asked_or_crowded() {
+        let every = |ms| {
+            Hub::with_batching(
+                Limits::default(),
+                Batching::Every(Duration::from_millis(ms)),
+            )
+        };
+        assert_eq!(every(0).pause_between_writes(), None);
+        assert_eq!(
+            every(40).pause_between_writes(),
+            Some(Duration::from_millis(40))
+        );
+        let auto = Hub::default();
+        let mut viewers: Vec<Viewer> = (1..AUTO_BATCH_VIEWERS).map(|_| auto.subscribe()).collect();
+        assert_eq!(
+            auto.pause_between_writes(),
+            None,
+            "a small audience gets every frame at once"
+        );
+        viewers.push(auto.subscribe());
+        assert_eq!(auto.pause_between_writes(), Some(AUTO_BATCH_INTERVAL));
+        viewers.clear();
+        assert_eq!(auto.pause_between_writes(), None);
     }
 
     #[tokio::test]

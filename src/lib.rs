@@ -27,11 +27,14 @@
 //!   MPEG-TS segments with a sliding live playlist, written atomically into a run directory.
 //! - [`http`]: warp routes: pages, viewers (`/ws/view`, `/live.webm`), presenters
 //!   (`/ws/publish`, `PUT /publish`), `/api/status`, `/healthz`.
+//! - [`audience`]: whether anyone watches (viewers, recent HLS requests), so a looped input
+//!   pauses when nobody does.
 //!
 //! [`server`] wires these together (the binary, the tests and the benchmarks all use
 //! [`server::Server::new`]) and owns shutdown.
 
 pub mod annotate;
+pub mod audience;
 pub mod hls;
 pub mod http;
 pub mod hub;

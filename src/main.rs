@@ -111,6 +111,19 @@ struct ServeArgs {
     #[arg(long, default_value = "60", value_name = "SECONDS", value_parser = seconds(1.0, 86400.0))]
     idle_timeout: Duration,
 
+    /// How often a viewer is written to: `auto` writes every frame at once while fewer than
+    /// 200 watch and at most every 50 ms with more (each write costs CPU per viewer, whatever
+    /// its size); a number of milliseconds fixes the pause (0: every frame at once, lowest
+    /// latency).
+    #[arg(long, default_value = "auto", value_name = "auto|MS", value_parser = viewer_batch)]
+    viewer_batch: lenscast::hub::Batching,
+
+    /// Keep the demo or --input file running while nobody watches. By default it pauses 5 s
+    /// after the last viewer leaves (and the last HLS request), so an idle server burns no
+    /// CPU, and resumes when someone comes (a stdin source or a presenter always runs).
+    #[arg(long)]
+    always_on: bool,
+
     /// Chunks kept for viewers that fall behind, before they skip to the next keyframe.
     #[arg(long, default_value_t = lenscast::hub::DEFAULT_CHANNEL_CAPACITY as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     viewer_buffer: u64,
@@ -135,6 +148,17 @@ fn raise_open_files_limit(max_connections: u64) {
         ),
         Ok(limit) => tracing::info!(limit, "open files limit"),
         Err(error) => tracing::warn!(%error, "could not raise the open files limit"),
+    }
+}
+
+/// `auto`, or a pause between writes to a viewer in milliseconds (at most a second).
+fn viewer_batch(text: &str) -> Result<lenscast::hub::Batching, String> {
+    if text == "auto" {
+        return Ok(lenscast::hub::Batching::Auto);
+    }
+    match text.parse::<u64>() {
+        Ok(ms) if ms <= 1000 => Ok(lenscast::hub::Batching::Every(Duration::from_millis(ms))),
+        _ => Err(format!("{text:?}: use auto or 0..1000 milliseconds")),
     }
 }
 
@@ -255,6 +279,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             allowed_hosts: args.allow_host,
             presenter_idle: args.presenter_idle,
         },
+        viewer_batch: args.viewer_batch,
         viewer_buffer: lenscast::hub::Limits {
             chunks: args.viewer_buffer as usize,
             bytes: args.viewer_buffer_bytes,
@@ -266,6 +291,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             idle_timeout: args.idle_timeout,
             write_timeout: args.viewer_timeout,
         },
+        pause_unwatched: !args.always_on,
     };
     // Installed before anything starts, so a SIGTERM at any moment shuts down cleanly.
     let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

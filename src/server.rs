@@ -54,10 +54,14 @@ pub struct ServerConfig {
     pub http: HttpConfig,
     /// What the hub keeps for viewers that fall behind (chunks and bytes).
     pub viewer_buffer: crate::hub::Limits,
+    /// How often viewers that keep up are written to.
+    pub viewer_batch: crate::hub::Batching,
     /// The largest picture a source may send when it is decoded.
     pub max_resolution: Resolution,
     /// Connection cap and timeouts.
     pub connections: ConnLimits,
+    /// Pause a looped input (the demo, `--input FILE`) while nobody watches.
+    pub pause_unwatched: bool,
 }
 
 impl Default for ServerConfig {
@@ -70,8 +74,10 @@ impl Default for ServerConfig {
             hls: Some(HlsConfig::default()),
             http: HttpConfig::default(),
             viewer_buffer: crate::hub::Limits::default(),
+            viewer_batch: crate::hub::Batching::Auto,
             max_resolution: Resolution::DEFAULT,
             connections: ConnLimits::default(),
+            pause_unwatched: true,
         }
     }
 }
@@ -82,13 +88,14 @@ pub struct Server {
     input: Option<Input>,
     pipelines: Vec<Pipeline>,
     limits: ConnLimits,
+    pause_unwatched: bool,
 }
 
 impl Server {
     /// Builds every part (hub, HLS mirror, pipeline or remuxer, slot, routes' state) without
     /// listening yet.
     pub fn new(config: ServerConfig) -> Result<Self, ServerError> {
-        let hub = Hub::new(config.viewer_buffer);
+        let hub = Hub::with_batching(config.viewer_buffer, config.viewer_batch);
         let hls = match &config.hls {
             Some(hls) => {
                 let mirror = HlsMirror::start(hls.clone())?;
@@ -139,6 +146,7 @@ impl Server {
             input: Some(config.input),
             pipelines,
             limits: config.connections,
+            pause_unwatched: config.pause_unwatched,
         })
     }
 
@@ -161,12 +169,14 @@ impl Server {
             input,
             pipelines,
             limits,
+            pause_unwatched,
         } = self;
         let input_task = input.map(|input| {
             let slot = app.slot.clone();
+            let audience = pause_unwatched.then(|| app.hub.audience().clone());
             tokio::spawn(async move {
                 // Errors are logged and shown in /api/status; the server keeps serving.
-                let _ = source::run(input, slot).await;
+                let _ = source::run(input, slot, audience).await;
             })
         });
         let (closing, closed) = tokio::sync::watch::channel(false);

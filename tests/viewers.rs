@@ -179,3 +179,41 @@ async fn stalled_viewers_are_dropped_after_the_viewer_timeout_and_others_keep_up
     );
     server.shut_down().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_writes_still_carry_a_stream_that_decodes() {
+    // 100 ms between writes: each WebSocket message then carries about three frames (and
+    // their audio), and /live.webm's writes likewise.
+    let config = ServerConfig {
+        passthrough: true,
+        hls: None,
+        viewer_batch: lenscast::hub::Batching::Every(Duration::from_millis(100)),
+        ..ServerConfig::default()
+    };
+    let server = start_server(config, Some(Input::File(fixture_path("vp8-opus.webm")))).await;
+    let addr = server.addr;
+    let http = tokio::spawn(http_get(addr, "/live.webm", Duration::from_secs(3)));
+    let (mut viewer, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/view"))
+        .await
+        .unwrap();
+    let mut media = Vec::new();
+    let mut messages = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, viewer.next()).await {
+        if let Message::Binary(bytes) = message {
+            messages += 1;
+            media.extend_from_slice(&bytes);
+        }
+    }
+    let frames = assert_decodes_from_start("batched WebSocket viewer", &media);
+    // Unbatched, every video frame and every Opus packet (50 a second) would be a message of
+    // its own: some 200 in 3 s. Batched: one per 100 ms, plus the init segment.
+    assert!(
+        messages <= 3000 / 100 + 3,
+        "{messages} binary messages in 3 s ({frames} video frames): not batched"
+    );
+    let (code, _, body) = http.await.unwrap();
+    assert_eq!(code, 200);
+    assert_decodes_from_start("batched /live.webm viewer", &body);
+    server.shut_down().await;
+}

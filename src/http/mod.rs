@@ -151,7 +151,10 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = In
         .and(warp::get())
         .and(with_app(app.clone()))
         .map(|name: String, app: App| match &app.hls {
-            Some(mirror) => hls::response(mirror.dir(), &name),
+            Some(mirror) => {
+                app.hub.audience().hls_request();
+                hls::response(mirror.dir(), &name)
+            }
             None => warp::Reply::into_response(warp::reply::with_status(
                 "the HLS mirror is off (--no-hls)\n",
                 warp::http::StatusCode::NOT_FOUND,
@@ -277,6 +280,9 @@ pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener, HttpError> {
         }
     }
     Err(failed(last_error.unwrap_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::NotFound, "the name resolves to no address")
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the name resolves to no address",
+        )
     })))
 }

@@ -106,6 +106,10 @@ pub async fn websocket(io: ws::Io, app: App, remote: Option<SocketAddr>) {
                 }
                 batch.clear();
                 last_sent = Instant::now();
+                if let Some(pause) = app.hub.pause_between_writes() {
+                    // Let the next write carry what arrives meanwhile (see hub::Batching).
+                    tokio::time::sleep(pause).await;
+                }
             }
             incoming = reader.next() => match incoming {
                 Ok(ws::Incoming::Close) => {
@@ -189,7 +193,28 @@ struct HttpViewer {
 }
 
 impl HttpViewer {
+    fn sent(&mut self, chunk: Chunk) -> Bytes {
+        self.started = true;
+        self.hub.count_sent(&chunk);
+        self.last_sent = Instant::now();
+        chunk.bytes
+    }
+
     async fn next(&mut self) -> Option<Bytes> {
+        // hyper keeps taking chunks while they are ready and writes them all at once when we
+        // would wait: pausing then makes the next write carry more (see hub::Batching).
+        match self.viewer.try_next() {
+            Some(Ok(chunk)) => return Some(self.sent(chunk)),
+            Some(Err(_)) => {
+                self.reason = "server shutting down";
+                return None;
+            }
+            None => {
+                if let Some(pause) = self.hub.pause_between_writes() {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
         loop {
             tokio::select! {
                 next = self.viewer.next() => {
@@ -197,10 +222,7 @@ impl HttpViewer {
                         self.reason = "server shutting down";
                         return None;
                     };
-                    self.started = true;
-                    self.hub.count_sent(&chunk);
-                    self.last_sent = Instant::now();
-                    return Some(chunk.bytes);
+                    return Some(self.sent(chunk));
                 }
                 () = &mut self.keepalive => {
                     let quiet = self.last_sent.elapsed() >= KEEPALIVE;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::audience::Audience;
 use crate::clock::{ClockError, MediaTime, SourceClock};
 use crate::media::decode::{self, DecodeError};
 use crate::media::Resolution;
@@ -365,9 +366,10 @@ impl Feeder {
 }
 
 /// Runs `input` through the slot. A looped file runs until the server shuts down, pausing
-/// while a presenter is live; stdin runs until it ends, after which viewers stay and wait
-/// for the next source.
-pub async fn run(input: Input, slot: Slot) -> Result<(), IngestError> {
+/// while a presenter is live and, given an `audience`, while nobody watches; stdin runs until
+/// it ends (a live stream is never paused), after which viewers stay and wait for the next
+/// source.
+pub async fn run(input: Input, slot: Slot, audience: Option<Audience>) -> Result<(), IngestError> {
     let name = input.name();
     match &input {
         Input::Stdin => {
@@ -380,7 +382,7 @@ pub async fn run(input: Input, slot: Slot) -> Result<(), IngestError> {
             result
         }
         Input::File(path) => {
-            loop_while_no_presenter(&name, &slot, || async {
+            loop_while_no_presenter(&name, &slot, audience.as_ref(), || async {
                 let file = tokio::fs::File::open(path)
                     .await
                     .map_err(|error| IngestError::Io {
@@ -392,7 +394,7 @@ pub async fn run(input: Input, slot: Slot) -> Result<(), IngestError> {
             .await
         }
         Input::Memory { bytes, .. } => {
-            loop_while_no_presenter(&name, &slot, || async {
+            loop_while_no_presenter(&name, &slot, audience.as_ref(), || async {
                 Ok(std::io::Cursor::new(bytes.clone()))
             })
             .await
@@ -411,10 +413,23 @@ async fn finish(feeder: Feeder, result: &Result<(), IngestError>) {
     }
 }
 
-/// Loops a file source, standing aside whenever a presenter is live.
+/// What ends a looped input for now, short of an error.
+enum Pause {
+    /// It lost the slot (a presenter, or shutdown).
+    Lost(EndReason),
+    /// Nobody has watched for a while.
+    Unwatched,
+}
+
+/// The reason `/api/status` shows while a looped input waits for an audience.
+pub const PAUSED_UNWATCHED: &str = "paused: nobody is watching";
+
+/// Loops a file source, standing aside whenever a presenter is live or (given an
+/// `audience`) nobody watches.
 async fn loop_while_no_presenter<R, F, Fut>(
     name: &str,
     slot: &Slot,
+    audience: Option<&Audience>,
     open: F,
 ) -> Result<(), IngestError>
 where
@@ -426,6 +441,15 @@ where
         if slot.wait_for_no_presenter().await.is_err() {
             return Ok(());
         }
+        if let Some(audience) = audience.filter(|audience| !audience.watched()) {
+            tokio::select! {
+                () = audience.until_watched() => {}
+                () = slot.closed() => return Ok(()),
+            }
+            tracing::info!(source = name, "resuming the input: someone is watching");
+            // A presenter may have come meanwhile: look again.
+            continue;
+        }
         let guard = match slot.claim(name, SourceKind::Input, false).await {
             Ok(guard) => guard,
             // A presenter got in between: wait for it again.
@@ -434,16 +458,33 @@ where
         };
         // A fresh pacer: after a pause the file's clock starts again at now.
         let mut feeder = Feeder::new(guard, Some(Pacer::new()), false);
-        let result = loop_source(&mut feeder, &open).await;
+        let unwatched = async {
+            match audience {
+                Some(audience) => audience.until_unwatched().await,
+                None => std::future::pending().await,
+            }
+        };
+        // Cancelling the feed mid-way is safe: the slot delivers under one async lock.
+        let result = tokio::select! {
+            result = loop_source(&mut feeder, &open) => match result {
+                Err(IngestError::Ended { reason, .. }) => Err(Pause::Lost(reason)),
+                result => Ok(result),
+            },
+            () = unwatched => Err(Pause::Unwatched),
+        };
         match result {
-            Err(IngestError::Ended { reason, .. }) => {
-                // A looped source ends only by error; losing the slot is a pause.
+            // A looped source ends only by error; losing the slot is a pause.
+            Err(Pause::Lost(reason)) => {
                 tracing::info!(source = name, %reason, "pausing the input");
                 if reason == EndReason::ShuttingDown {
                     return Ok(());
                 }
             }
-            result => {
+            Err(Pause::Unwatched) => {
+                tracing::info!(source = name, "pausing the input: nobody is watching");
+                feeder.end(PAUSED_UNWATCHED).await;
+            }
+            Ok(result) => {
                 finish(feeder, &result).await;
                 return result;
             }

@@ -296,6 +296,12 @@ impl Slot {
         }
     }
 
+    /// Returns once the slot is closed (shutdown).
+    pub async fn closed(&self) {
+        let mut occupancy = self.shared.occupancy.subscribe();
+        let _ = occupancy.wait_for(|o| o.closed).await;
+    }
+
     /// Shutdown: ends the holder and refuses every later claim.
     pub fn close(&self) {
         let holder = {
