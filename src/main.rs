@@ -112,9 +112,9 @@ struct ServeArgs {
     idle_timeout: Duration,
 
     /// How often a viewer is written to: `auto` writes every frame at once while fewer than
-    /// 200 watch and at most every 50 ms with more (each write costs CPU per viewer, whatever
-    /// its size); a number of milliseconds fixes the pause (0: every frame at once, lowest
-    /// latency).
+    /// 200 watch, at most every 50 ms from 200 and every 100 ms from 1000 (each write costs
+    /// CPU per viewer, whatever its size); a number of milliseconds fixes the pause (0: every
+    /// frame at once, lowest latency).
     #[arg(long, default_value = "auto", value_name = "auto|MS", value_parser = viewer_batch)]
     viewer_batch: lenscast::hub::Batching,
 
