@@ -5,7 +5,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +14,7 @@ use lenscast::http::conn::ConnLimits;
 use lenscast::http::HttpConfig;
 use lenscast::server::ServerConfig;
 use lenscast::source::Input;
-use lenscast::webm::{InitSegment, Output, StreamInfo};
+use lenscast::webm::{LiveMuxer, Output, StreamReader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -113,18 +112,19 @@ async fn stalled(addr: SocketAddr, request: String) -> tokio::net::TcpStream {
     stream
 }
 
+/// The init segment of a real file, as the remuxer makes it.
 fn init_segment() -> Output {
-    Output::Init(Arc::new(InitSegment {
-        bytes: Bytes::from_static(b"\x1a\x45\xdf\xa3 an init segment"),
-        info: StreamInfo {
-            mime: "video/webm; codecs=\"vp8\"".into(),
-            codecs: vec!["V_VP8".into()],
-            width: Some(320),
-            height: Some(240),
-            has_video: true,
-            has_audio: false,
-        },
-    }))
+    let mut reader = StreamReader::new();
+    reader.push(&std::fs::read(fixture_path("vp8.webm")).unwrap());
+    let mut muxer = LiveMuxer::new();
+    while let Some(event) = reader.next_event().unwrap() {
+        let mut out = Vec::new();
+        muxer.push(event, &mut out);
+        if let Some(init) = out.into_iter().find(|o| matches!(o, Output::Init(_))) {
+            return init;
+        }
+    }
+    panic!("no init segment in vp8.webm")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
