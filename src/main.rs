@@ -67,6 +67,12 @@ struct ServeArgs {
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     allow_origin: Vec<String>,
 
+    /// Let pages on this origin (e.g. https://player.example) read /hls/ and /live.webm from
+    /// another site (CORS: Access-Control-Allow-Origin). Repeat for several; `*` allows any.
+    /// Default: none, so only our own pages can.
+    #[arg(long = "cors-origin", value_name = "ORIGIN", value_parser = cors_origin)]
+    cors_origin: Vec<String>,
+
     /// Also answer requests whose Host header is this name (e.g. live.example.org), as when
     /// behind a proxy or on a DNS name. Repeat for several. IP addresses and `localhost` are
     /// always accepted; any other name is refused with 403, which stops DNS-rebinding pages.
@@ -148,6 +154,22 @@ fn raise_open_files_limit(max_connections: u64) {
         ),
         Ok(limit) => tracing::info!(limit, "open files limit"),
         Err(error) => tracing::warn!(%error, "could not raise the open files limit"),
+    }
+}
+
+/// `*`, or an origin as browsers send it: `http://` or `https://`, a host, maybe a port, no path.
+fn cors_origin(text: &str) -> Result<String, String> {
+    let authority = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"));
+    match authority {
+        _ if text == "*" => Ok(text.to_string()),
+        Some(authority) if !authority.is_empty() && !authority.contains(['/', '?', '#']) => {
+            Ok(text.to_string())
+        }
+        _ => Err(format!(
+            "{text:?}: give an origin like https://player.example or http://host:8080, or *"
+        )),
     }
 }
 
@@ -277,6 +299,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         http: HttpConfig {
             allowed_origins: args.allow_origin,
             allowed_hosts: args.allow_host,
+            cors_origins: args.cors_origin,
             presenter_idle: args.presenter_idle,
         },
         viewer_batch: args.viewer_batch,

@@ -55,6 +55,8 @@ pub struct HttpConfig {
     pub allowed_origins: Vec<String>,
     /// Names this server may be reached as, besides IP addresses and `localhost`.
     pub allowed_hosts: Vec<String>,
+    /// Origins whose pages may read `/hls/` and `/live.webm` (CORS); `*` for any.
+    pub cors_origins: Vec<String>,
     /// A presenter that sends no media for this long is ended, and the input resumes.
     pub presenter_idle: Duration,
 }
@@ -64,6 +66,7 @@ impl Default for HttpConfig {
         HttpConfig {
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
+            cors_origins: Vec::new(),
             presenter_idle: Duration::from_secs(5),
         }
     }
@@ -108,6 +111,12 @@ impl App {
     }
 }
 
+/// GET, and HEAD for the same route: the same status and headers, no body (hyper leaves the
+/// body out of a HEAD response). Players, CDNs and monitors probe with HEAD.
+fn get_or_head() -> impl Filter<Extract = (), Error = warp::Rejection> + Copy {
+    warp::get().or(warp::head()).unify()
+}
+
 fn with_app(app: App) -> impl Filter<Extract = (App,), Error = Infallible> + Clone {
     warp::any().map(move || app.clone())
 }
@@ -115,16 +124,16 @@ fn with_app(app: App) -> impl Filter<Extract = (App,), Error = Infallible> + Clo
 /// All routes.
 pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
     let index = warp::path::end()
-        .and(warp::get())
+        .and(get_or_head())
         .map(|| assets::response("index.html"));
     let page = warp::path::param::<String>()
         .and(warp::path::end())
-        .and(warp::get())
+        .and(get_or_head())
         .map(|name: String| assets::response(&name));
     let host = origin::check_host(app.config.clone());
-    let health = warp::path!("healthz").and(warp::get()).map(|| "ok\n");
+    let health = warp::path!("healthz").and(get_or_head()).map(|| "ok\n");
     let status = warp::path!("api" / "status")
-        .and(warp::get())
+        .and(get_or_head())
         .and(with_app(app.clone()))
         .map(|app: App| {
             warp::reply::with_header(
@@ -135,7 +144,7 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = In
         });
     let ws_view = warp::path!("ws" / "view")
         .and(origin::check(app.config.clone()))
-        .and(warp::get())
+        .and(get_or_head())
         .and(ws::upgrade())
         .and(with_app(app.clone()))
         .and(conn::remote())
@@ -148,26 +157,30 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = In
             },
         );
     let hls_files = warp::path!("hls" / String)
-        .and(warp::get())
+        .and(get_or_head())
         .and(with_app(app.clone()))
-        .map(|name: String, app: App| match &app.hls {
-            Some(mirror) => {
-                app.hub.audience().hls_request();
-                hls::response(mirror.dir(), &name)
-            }
-            None => warp::Reply::into_response(warp::reply::with_status(
-                "the HLS mirror is off (--no-hls)\n",
-                warp::http::StatusCode::NOT_FOUND,
-            )),
+        .and(warp::header::optional::<String>("origin"))
+        .map(|name: String, app: App, from: Option<String>| {
+            let response = match &app.hls {
+                Some(mirror) => {
+                    app.hub.audience().hls_request();
+                    hls::response(mirror.dir(), &name)
+                }
+                None => warp::Reply::into_response(warp::reply::with_status(
+                    "the HLS mirror is off (--no-hls)\n",
+                    warp::http::StatusCode::NOT_FOUND,
+                )),
+            };
+            origin::with_cors(response, from.as_deref(), &app.config)
         });
     let hls_page = warp::path!("hls.html")
-        .and(warp::get())
+        .and(get_or_head())
         .map(|| assets::response("hls.html"));
     let hls_js = warp::path!("vendor" / "hls.min.js")
-        .and(warp::get())
+        .and(get_or_head())
         .map(assets::hls_js);
     let present = warp::path!("present")
-        .and(warp::get())
+        .and(get_or_head())
         .map(|| assets::response("present.html"));
     let ws_publish = warp::path!("ws" / "publish")
         .and(warp::query::<PublishQuery>())
@@ -229,10 +242,25 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = In
             },
         );
     let live = warp::path!("live.webm")
-        .and(warp::get())
+        .and(get_or_head())
+        .and(warp::method())
         .and(with_app(app))
         .and(conn::remote())
-        .map(|app: App, remote: Option<SocketAddr>| view::http_stream(app, remote));
+        .and(warp::header::optional::<String>("origin"))
+        .map(
+            |method: warp::http::Method,
+             app: App,
+             remote: Option<SocketAddr>,
+             from: Option<String>| {
+                let response = if method == warp::http::Method::HEAD {
+                    // A probe, not a viewer: the stream's headers only.
+                    view::http_head(&app)
+                } else {
+                    view::http_stream(app.clone(), remote)
+                };
+                origin::with_cors(response, from.as_deref(), &app.config)
+            },
+        );
     let all = status
         .or(ws_view)
         .or(ws_publish)

@@ -64,11 +64,7 @@ pub fn allowed(origin: Option<&str>, host: Option<&str>, config: &HttpConfig) ->
     let Some(origin) = origin else {
         return true;
     };
-    if config
-        .allowed_origins
-        .iter()
-        .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(origin))
-    {
+    if listed(origin, &config.allowed_origins) {
         return true;
     }
     // Same origin means same scheme too: an https page is not this http server's page.
@@ -77,6 +73,40 @@ pub fn allowed(origin: Option<&str>, host: Option<&str>, config: &HttpConfig) ->
         .filter(|scheme| scheme.eq_ignore_ascii_case(SCHEME))
         .map(|_| &origin[SCHEME.len()..]);
     matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+}
+
+/// True if `origin` is in `list` (exactly, ignoring case) or `list` has `*`.
+fn listed(origin: &str, list: &[String]) -> bool {
+    list.iter()
+        .any(|listed| listed == "*" || listed.eq_ignore_ascii_case(origin))
+}
+
+/// Adds CORS headers to a response of a route other sites' players may read (`/hls/`,
+/// `/live.webm`), for a request from `origin`: `Access-Control-Allow-Origin` when
+/// `--cors-origin` lists that origin (or `*`), and `Vary: Origin` so that a cache in front
+/// keeps one answer per origin.
+pub fn with_cors(
+    mut response: warp::reply::Response,
+    origin: Option<&str>,
+    config: &HttpConfig,
+) -> warp::reply::Response {
+    use warp::http::header::{ACCESS_CONTROL_ALLOW_ORIGIN, VARY};
+    let list = &config.cors_origins;
+    if list.is_empty() {
+        return response;
+    }
+    let headers = response.headers_mut();
+    if list.iter().any(|listed| listed == "*") {
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, "*".parse().expect("valid"));
+        return response;
+    }
+    headers.append(VARY, "origin".parse().expect("valid"));
+    if let Some(origin) = origin.filter(|origin| listed(origin, list)) {
+        if let Ok(value) = origin.parse() {
+            headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, value);
+        }
+    }
+    response
 }
 
 /// Rejects the request with 403 unless its Host names this server (see the module docs).

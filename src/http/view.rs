@@ -143,6 +143,24 @@ async fn close(writer: &mut ws::Writer, code: u16, reason: &str) {
     let _ = tokio::time::timeout(Duration::from_millis(200), writer.close(code, reason)).await;
 }
 
+/// The headers `/live.webm` answers with.
+fn stream_headers(app: &App, response: &mut warp::reply::Response) {
+    let content_type = match app.hub.stream_info() {
+        Some(info) if !info.has_video => "audio/webm",
+        _ => "video/webm",
+    };
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, content_type.parse().expect("valid header"));
+    headers.insert(CACHE_CONTROL, "no-store".parse().expect("valid header"));
+}
+
+/// `HEAD /live.webm`: the stream's headers, without joining it.
+pub fn http_head(app: &App) -> warp::reply::Response {
+    let mut response = warp::reply::Response::default();
+    stream_headers(app, &mut response);
+    response
+}
+
 /// `/live.webm`: the same stream as a chunked HTTP body.
 ///
 /// The body reads the hub directly: hyper polls it whenever the socket can take more, and
@@ -151,10 +169,6 @@ async fn close(writer: &mut ws::Writer, code: u16, reason: &str) {
 /// what it pinned meanwhile.
 pub fn http_stream(app: App, remote: Option<SocketAddr>) -> warp::reply::Response {
     let id = NEXT_VIEWER.fetch_add(1, Ordering::Relaxed);
-    let content_type = match app.hub.stream_info() {
-        Some(info) if !info.has_video => "audio/webm",
-        _ => "video/webm",
-    };
     tracing::info!(viewer = id, ?remote, via = "http", "viewer joined");
     let body = HttpViewer {
         viewer: app.hub.subscribe(),
@@ -171,9 +185,7 @@ pub fn http_stream(app: App, remote: Option<SocketAddr>) -> warp::reply::Respons
         Some((Ok::<_, std::io::Error>(bytes), body))
     });
     let mut response = warp::reply::stream(stream).into_response();
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, content_type.parse().expect("valid header"));
-    headers.insert(CACHE_CONTROL, "no-store".parse().expect("valid header"));
+    stream_headers(&app, &mut response);
     response
 }
 

@@ -43,10 +43,13 @@ async function playlistAge(server) {
   return (Date.now() - (Date.parse(date) + Number(duration) * 1000)) / 1000;
 }
 
-/** Waits until the playlist lists as many segments as it ever will (its sliding window). */
+/** Waits until the playlist lists as many segments as it ever will (its sliding window).
+ *  It polls the playlist as a player would: with nobody fetching HLS or watching, the server
+ *  pauses its demo, and the playlist would never fill. */
 async function waitForFullPlaylist(server, timeoutMs = 20000) {
   let mirror;
   for (let waited = 0; waited < timeoutMs; waited += 250) {
+    await fetch(new URL('/hls/live.m3u8', server.url));
     mirror = (await fetchStatus(server)).hls;
     if (mirror.segments >= PLAYLIST_WINDOW) return;
     await sleep(250);

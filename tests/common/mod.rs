@@ -165,11 +165,27 @@ pub async fn ws_collect(addr: SocketAddr, duration: Duration) -> Received {
     received
 }
 
-/// A plain HTTP/1.1 GET; returns (status, headers text, body). Reads until `limit` bytes of
-/// body or `timeout`, so it also works on endless streams.
+/// A plain HTTP/1.1 GET; returns (status, headers text, body). Reads until the server
+/// closes or `timeout`, so it also works on endless streams.
 pub async fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> (u16, String, Vec<u8>) {
+    http_request(addr, "GET", path, &[], timeout).await
+}
+
+/// A plain HTTP/1.1 request with extra `headers`, read as [`http_get`] reads.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> (u16, String, Vec<u8>) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     let _ = tokio::time::timeout(timeout, stream.read_to_end(&mut raw)).await;
@@ -187,6 +203,16 @@ pub async fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> (u16, 
         body = dechunk(&body);
     }
     (status, head, body)
+}
+
+/// The value of header `name` in a response head, if present.
+pub fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_string())
+    })
 }
 
 /// Decodes a chunked body (tolerating a cut-off last chunk).
