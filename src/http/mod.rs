@@ -122,7 +122,7 @@ fn with_app(app: App) -> impl Filter<Extract = (App,), Error = Infallible> + Clo
 }
 
 /// All routes.
-pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
+pub fn routes(app: App) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     let index = warp::path::end()
         .and(get_or_head())
         .map(|| assets::response("index.html"));
@@ -274,7 +274,14 @@ pub fn routes(app: App) -> impl Filter<Extract = (impl warp::Reply,), Error = In
         .or(page);
     // /healthz answers whatever the Host, for load balancers and probes that use an address
     // or a name of their own.
-    health.or(host.and(all)).recover(origin::recover)
+    // Boxed: hyper keeps room for the routes' future in every connection for as long as it
+    // lives, and this chain's future is large; a long-lived `/live.webm` viewer then paid for
+    // it. A box is freed once the response is made.
+    health
+        .or(host.and(all))
+        .recover(origin::recover)
+        .map(warp::Reply::into_response)
+        .boxed()
 }
 
 /// Connections the kernel queues before we accept them. A join storm (hundreds of viewers a
