@@ -582,13 +582,11 @@ async fn start_icecast(
     Ok(served)
 }
 
-/// `ffmpeg -re ... icecast://`: the source looped in real time, sent as ffmpeg's WebM muxer
-/// writes it. `-dash 1`: that muxer, writing to a stream, otherwise cuts Clusters every 32 KB,
-/// so half of them would not start with a keyframe; with it, every Cluster starts at one, as in
-/// the file that lenscast loops. Icecast starts new listeners at a Cluster start.
-fn feed_ffmpeg(source: &Path, port: u16, log: &Path) -> Result<Child> {
-    let url = format!("icecast://source:{ICECAST_PASSWORD}@127.0.0.1:{port}/live.webm");
-    Command::new("ffmpeg")
+/// An ffmpeg command that reads `source` in real time, looped forever; the caller adds the
+/// output.
+fn ffmpeg_looping(source: &Path) -> Command {
+    let mut command = Command::new("ffmpeg");
+    command
         .args([
             "-nostdin",
             "-v",
@@ -598,7 +596,17 @@ fn feed_ffmpeg(source: &Path, port: u16, log: &Path) -> Result<Child> {
             "-1",
             "-i",
         ])
-        .arg(source)
+        .arg(source);
+    command
+}
+
+/// `ffmpeg -re ... icecast://`: the source looped in real time, sent as ffmpeg's WebM muxer
+/// writes it. `-dash 1`: that muxer, writing to a stream, otherwise cuts Clusters every 32 KB,
+/// so half of them would not start with a keyframe; with it, every Cluster starts at one, as in
+/// the file that lenscast loops. Icecast starts new listeners at a Cluster start.
+fn feed_ffmpeg(source: &Path, port: u16, log: &Path) -> Result<Child> {
+    let url = format!("icecast://source:{ICECAST_PASSWORD}@127.0.0.1:{port}/live.webm");
+    ffmpeg_looping(source)
         .args(["-c", "copy", "-dash", "1", "-content_type", "video/webm"])
         .args(["-f", "webm", &url])
         .stdin(Stdio::null())
@@ -612,17 +620,7 @@ fn feed_ffmpeg(source: &Path, port: u16, log: &Path) -> Result<Child> {
 /// muxer) piped into GStreamer, which makes one Cluster per keyframe again and hands each frame
 /// to Icecast as it comes (`sync=false`: ffmpeg's `-re` already paces it).
 fn feed_frames(source: &Path, port: u16, log: &Path) -> Result<Vec<Child>> {
-    let mut ffmpeg = Command::new("ffmpeg")
-        .args([
-            "-nostdin",
-            "-v",
-            "warning",
-            "-re",
-            "-stream_loop",
-            "-1",
-            "-i",
-        ])
-        .arg(source)
+    let mut ffmpeg = ffmpeg_looping(source)
         .args([
             "-c",
             "copy",
