@@ -3,14 +3,14 @@ SHELL := /bin/bash
 .ONESHELL:
 .SHELLFLAGS := -euo pipefail -c
 
-# System packages: build (FFmpeg, OpenCV, clang for bindgen), test tools (ffmpeg CLI,
-# mkvinfo, Chromium, GStreamer) and Icecast, the fan-out bench's yardstick. Names verified on
-# Debian 12 (see ../shared/PLATFORM.md).
+# System packages: build (FFmpeg, OpenCV, clang for bindgen) and test tools (ffmpeg CLI,
+# mkvinfo, Chromium, GStreamer). Names verified on Debian 12 (see ../shared/PLATFORM.md).
 APT_PACKAGES := pkg-config clang libclang-dev libopencv-dev opencv-data \
 	libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev \
 	ffmpeg mkvtoolnix chromium chromium-driver \
-	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-	icecast2
+	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+# Only `make bench` needs these: Icecast, the fan-out bench's yardstick.
+BENCH_PACKAGES := icecast2
 
 LISTEN ?= 127.0.0.1:8080
 ARGS ?=
@@ -66,6 +66,7 @@ lint:
 ## viewers/s; CPU-s per GB, RSS per viewer, join p50/p99 (results in target/bench/fanout.json).
 ## e.g. `make bench BENCH_ARGS="--viewers 1000,5000"` or BENCH_ARGS="--viewers 50 --seconds 5".
 bench: deps build
+	$(MAKE) apt APT_PACKAGES="$(BENCH_PACKAGES)"
 	ulimit -n 65536 2>/dev/null || ulimit -n $$(ulimit -Hn)
 	cargo bench --bench fanout -- --server $(BIN) $(BENCH_ARGS)
 
