@@ -394,27 +394,13 @@ async fn uploads_faster_than_real_time_are_refused_however_they_are_stamped() {
     assert_unharmed("too fast", &server, addr, baseline).await;
 }
 
-/// A `/ws/view` viewer that completes the handshake and then never reads, with a small receive
-/// buffer so that its socket fills (and the server's send to it blocks) early.
-async fn stalled_viewer(
-    addr: SocketAddr,
-) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(addr).await.unwrap();
-    let (viewer, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws/view"), stream)
-        .await
-        .unwrap();
-    viewer
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_viewer_pins_no_more_than_the_viewer_buffer() {
     // Passthrough, so the presenter's large frames reach the hub as they are; and a viewer
     // timeout long enough that only the byte budget can bound what the stalled viewer pins.
     let (server, addr) = hostile_target(&["--passthrough", "--viewer-timeout", "300"]).await;
     let baseline = peak_rss_kib(server.0.id());
-    let _stalled = stalled_viewer(addr).await;
+    let _stalled = stalled_connection(addr, &ws_view_request(addr)).await;
 
     // 30 Clusters, each one keyframe padded to 4 MiB: 120 MiB in all, sent as fast as the
     // upload ceiling allows (5 MB/s after the first 25 MB of slack: five blocks at once).

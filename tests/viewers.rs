@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -74,11 +73,10 @@ async fn the_viewer_websocket_answers_pings_closes_and_refuses_broken_frames() {
 
     // A client frame without a mask breaks RFC 6455: close 1002.
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "GET /ws/view HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+        .write_all(ws_view_request(addr).as_bytes())
+        .await
+        .unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8];
@@ -100,16 +98,6 @@ async fn the_viewer_websocket_answers_pings_closes_and_refuses_broken_frames() {
     };
     assert_eq!(frame.code, CloseCode::Protocol);
     server.shut_down().await;
-}
-
-/// A socket with a tiny receive buffer that completes the handshake for `request` and then
-/// never reads, so the server's writes to it block early.
-async fn stalled(addr: SocketAddr, request: String) -> tokio::net::TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    stream
 }
 
 /// The init segment of a real file, as the remuxer makes it.
@@ -141,13 +129,9 @@ async fn stalled_viewers_are_dropped_after_the_viewer_timeout_and_others_keep_up
     let server = start_server(config, None).await;
     let addr = server.addr;
     server.hub.publish([init_segment()]);
-    let ws = format!(
-        "GET /ws/view HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    let _stalled_ws = stalled(addr, ws).await;
+    let _stalled_ws = stalled_connection(addr, &ws_view_request(addr)).await;
     let http = format!("GET /live.webm HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-    let _stalled_http = stalled(addr, http).await;
+    let _stalled_http = stalled_connection(addr, &http).await;
     let healthy = tokio::spawn(ws_collect(addr, Duration::from_secs(6)));
     tokio::time::sleep(Duration::from_millis(300)).await;
 

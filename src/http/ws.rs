@@ -139,10 +139,7 @@ pub fn split(io: Io, max_frame: usize) -> (Reader, Writer) {
             buf: BytesMut::with_capacity(512),
             max_frame,
         },
-        Writer {
-            half: write,
-            header: Vec::with_capacity(14),
-        },
+        Writer { half: write },
     )
 }
 
@@ -211,60 +208,68 @@ impl Reader {
 /// Frames to the client, each written with one vectored write where the socket takes it.
 pub struct Writer {
     half: WriteHalf<Io>,
-    header: Vec<u8>,
 }
 
 impl Writer {
     /// One binary message made of `parts`, in order.
     pub async fn binary(&mut self, parts: &[Bytes]) -> std::io::Result<()> {
-        let slices: Vec<&[u8]> = parts.iter().map(|part| &part[..]).collect();
-        self.frame(OpCode::Data(Data::Binary), &slices).await
+        self.frame(
+            OpCode::Data(Data::Binary),
+            parts.iter().map(|part| &part[..]),
+        )
+        .await
     }
 
     /// One text message.
     pub async fn text(&mut self, text: &str) -> std::io::Result<()> {
-        self.frame(OpCode::Data(Data::Text), &[text.as_bytes()])
+        self.frame(OpCode::Data(Data::Text), [text.as_bytes()])
             .await
     }
 
     /// A ping, as a keepalive.
     pub async fn ping(&mut self) -> std::io::Result<()> {
-        self.frame(OpCode::Control(Control::Ping), &[]).await
+        self.frame(OpCode::Control(Control::Ping), []).await
     }
 
     /// The answer to a ping.
     pub async fn pong(&mut self, payload: &[u8]) -> std::io::Result<()> {
-        self.frame(OpCode::Control(Control::Pong), &[payload]).await
+        self.frame(OpCode::Control(Control::Pong), [payload]).await
     }
 
     /// A close frame with a status code and a reason (at most 123 bytes).
     pub async fn close(&mut self, code: u16, reason: &str) -> std::io::Result<()> {
         let reason = &reason.as_bytes()[..reason.len().min(123)];
-        self.frame(
-            OpCode::Control(Control::Close),
-            &[&code.to_be_bytes(), reason],
-        )
-        .await?;
+        let code = code.to_be_bytes();
+        self.frame(OpCode::Control(Control::Close), [&code[..], reason])
+            .await?;
         self.half.flush().await
     }
 
-    async fn frame(&mut self, opcode: OpCode, parts: &[&[u8]]) -> std::io::Result<()> {
-        let size: usize = parts.iter().map(|part| part.len()).sum();
-        self.header.clear();
+    /// One frame of `parts`, written header and all with as few `writev`s as the socket takes.
+    async fn frame<'a>(
+        &mut self,
+        opcode: OpCode,
+        parts: impl IntoIterator<Item = &'a [u8]>,
+    ) -> std::io::Result<()> {
+        // The longest header is 14 bytes; it goes first, so its slot is kept until the size of
+        // the parts is known.
+        let mut header = [0u8; 14];
+        let mut slices = vec![IoSlice::new(&[])];
+        for part in parts {
+            if !part.is_empty() {
+                slices.push(IoSlice::new(part));
+            }
+        }
+        let size: usize = slices.iter().map(|slice| slice.len()).sum();
+        let mut unused = &mut header[..];
         FrameHeader {
             opcode,
             ..FrameHeader::default()
         }
-        .format(size as u64, &mut self.header)
+        .format(size as u64, &mut unused)
         .map_err(std::io::Error::other)?;
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(parts.len() + 1);
-        slices.push(IoSlice::new(&self.header));
-        slices.extend(
-            parts
-                .iter()
-                .filter(|part| !part.is_empty())
-                .map(|part| IoSlice::new(part)),
-        );
+        let header_len = 14 - unused.len();
+        slices[0] = IoSlice::new(&header[..header_len]);
         let mut rest = &mut slices[..];
         while !rest.is_empty() {
             let batch = rest.len().min(MAX_SLICES);

@@ -389,6 +389,25 @@ pub async fn view_upgrade_status(addr: SocketAddr, host: Option<&str>, origin: &
     }
 }
 
+/// A raw `/ws/view` upgrade request, with RFC 6455's example key (its accept value is
+/// `s3pPLMBiTxaQ9kYGzzhZRbK+xOo=`).
+pub fn ws_view_request(addr: SocketAddr) -> String {
+    format!(
+        "GET /ws/view HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// A connection with a tiny receive buffer that sends `request` and then never reads, so the
+/// server's writes to it block early (a stalled viewer).
+pub async fn stalled_connection(addr: SocketAddr, request: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
 /// Sends `child` SIGTERM, as `kill`, systemd or a container runtime would.
 pub fn sigterm(child: &Child) {
     let pid = child.id().to_string();

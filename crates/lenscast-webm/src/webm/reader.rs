@@ -690,14 +690,20 @@ mod tests {
     use super::*;
     use crate::webm::ebml::{write_element, write_id, write_uint, UNKNOWN_SIZE};
 
-    /// A tiny live-style stream: header, unknown-size Segment, Info, Tracks, unknown-size Cluster.
-    fn live_stream(blocks: usize) -> Vec<u8> {
+    /// The EBML header and the start of an unknown-size Segment: how every live stream opens.
+    fn segment_opening() -> Vec<u8> {
         let mut out = Vec::new();
         let mut header = Vec::new();
         write_element(&mut header, id::DOC_TYPE, b"webm");
         write_element(&mut out, id::EBML, &header);
         write_id(&mut out, id::SEGMENT);
         out.extend_from_slice(&UNKNOWN_SIZE);
+        out
+    }
+
+    /// A tiny live-style stream: header, unknown-size Segment, Info, Tracks, unknown-size Cluster.
+    fn live_stream(blocks: usize) -> Vec<u8> {
+        let mut out = segment_opening();
         let mut info = Vec::new();
         write_uint(&mut info, id::TIMESTAMP_SCALE, 1_000_000);
         write_element(&mut out, id::INFO, &info);
@@ -832,12 +838,7 @@ mod tests {
 
     #[test]
     fn cluster_without_tracks_is_refused() {
-        let mut out = Vec::new();
-        let mut header = Vec::new();
-        write_element(&mut header, id::DOC_TYPE, b"webm");
-        write_element(&mut out, id::EBML, &header);
-        write_id(&mut out, id::SEGMENT);
-        out.extend_from_slice(&UNKNOWN_SIZE);
+        let mut out = segment_opening();
         write_id(&mut out, id::CLUSTER);
         out.extend_from_slice(&UNKNOWN_SIZE);
         let mut reader = StreamReader::new();
@@ -847,12 +848,7 @@ mod tests {
 
     #[test]
     fn endless_voids_without_tracks_are_refused() {
-        let mut out = Vec::new();
-        let mut header = Vec::new();
-        write_element(&mut header, id::DOC_TYPE, b"webm");
-        write_element(&mut out, id::EBML, &header);
-        write_id(&mut out, id::SEGMENT);
-        out.extend_from_slice(&UNKNOWN_SIZE);
+        let out = segment_opening();
         let mut reader = StreamReader::with_max_element(4096);
         reader.push(&out);
         drain(&mut reader).unwrap();
