@@ -1,5 +1,5 @@
 // Glass-to-glass latency, opt-in with ?clock=1 on both pages. The presenter page records a canvas
-// on which every frame carries the low 32 bits of Date.now() as black and white cells in the
+// on which every frame carries the low 32 bits of the wall clock as black and white cells in the
 // bottom-left corner (the layout is described in constants.js). The viewer page reads the stamp
 // off the picture on screen, which gives the age of what the viewer sees: camera, recorder,
 // upload, server, MSE and playback together. Only meaningful when presenter and viewer share a
@@ -19,9 +19,12 @@ import {
 const STRIP_WIDTH = CLOCK_COLUMNS * CLOCK_CELL;
 const STRIP_HEIGHT = ((2 * CLOCK_BITS) / CLOCK_COLUMNS) * CLOCK_CELL;
 
-/** Now, as a stamp: the low 32 bits of Date.now(). */
+/** Now, as a stamp: the low 32 bits of the wall clock in ms. Read from performance.timeOrigin
+ *  rather than Date.now(): the skewed-clock tests shift Date.now() (the clock lenscast's own
+ *  latency readout uses) on each page, and this strip is the truth the readout is checked
+ *  against, so it must keep the one clock both pages share. */
 function now() {
-  return Date.now() % 2 ** 32;
+  return Math.round(performance.timeOrigin + performance.now()) % 2 ** 32;
 }
 
 /** Draws `stamp` (32 bits) as the strip of cells at the bottom-left of a `height` px frame. */

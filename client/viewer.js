@@ -115,7 +115,7 @@ function startViewer() {
   setInterval(pollStatus, STATUS_POLL_MS);
   pollStatus();
   // Glass-to-glass latency, with the presenter page's ?clock=1 (see clock-stamp.js).
-  if (new URLSearchParams(location.search).get('clock') === '1') lenscast.glassToGlassMs = readStamps(video);
+  if (new URLSearchParams(location.search).get('clock') === '1') lenscast.stampAgesMs = readStamps(video);
 }
 
 startViewer();

@@ -185,13 +185,13 @@ test('glass-to-glass: the presenter\'s clock read back on the viewer', { timeout
     await waitForPlayback(viewer, 1, 20000);
     // Joining and catching up to the live edge is not the steady state: measure after it.
     await sleep(2000);
-    await viewer.evaluate(() => window.lenscast.glassToGlassMs.splice(0));
+    await viewer.evaluate(() => window.lenscast.stampAgesMs.splice(0));
     const behindLive = [];
     for (let waited = 0; waited < CLOCK_WINDOW_MS; waited += 500) {
       await sleep(500);
       behindLive.push(await viewer.evaluate(() => window.lenscast.behindLive));
     }
-    const samples = await viewer.evaluate(() => [...window.lenscast.glassToGlassMs]);
+    const samples = await viewer.evaluate(() => [...window.lenscast.stampAgesMs]);
     const pipeline = (await fetchStatus(server)).pipeline;
     const visibility = await presenter.evaluate(() => document.visibilityState);
 
