@@ -1,0 +1,175 @@
+// The browser's floor for glass-to-glass latency (tests/browser/latency-bench.mjs): what the
+// presenter and viewer pages do with a stamped picture (?clock=1 on both), in one page and with
+// nothing in between. Camera -> stamped canvas -> MediaRecorder with the presenter's settings ->
+// every chunk straight into an MSE SourceBuffer -> a <video> kept near the live edge by the
+// viewer's LatencyClock -> the stamps read back off the <video> as the viewer page reads them.
+// lenscast adds the upload, the server and the viewer's socket to this and can take nothing
+// away. The real client modules are imported so that the floor cannot drift from the product.
+
+import { readStamps, stampedCanvas } from '../../client/clock-stamp.js';
+import {
+  CLOCK_FPS,
+  KEYFRAME_INTERVAL_MS,
+  TICK_MS,
+  TIMESLICE_MS,
+  VIDEO_BITS_PER_SECOND,
+} from '../../client/constants.js';
+import { LatencyClock } from '../../client/latency-clock.js';
+
+/** What the presenter records from the stamped canvas when there is no microphone. */
+const RECORDER_MIME = 'video/webm;codecs=vp8';
+/** How long the camera may take to show its first frame. */
+const CAMERA_TIMEOUT_MS = 10000;
+
+const camera = document.getElementById('camera');
+const video = document.getElementById('video');
+const statusLine = document.getElementById('status');
+
+/** What the page is doing, for the bench. `stampAgesMs` and `behindLive` are as on the viewer
+ *  page (`window.lenscast`), so the bench reads both pages the same way. */
+const floor = {
+  state: 'starting', // starting | recording | playing | waiting | failed
+  error: null,
+  mime: null,
+  recordedBytes: 0,
+  behindLive: null,
+  stampAgesMs: [],
+};
+window.floor = floor;
+
+function setState(state) {
+  floor.state = state;
+  statusLine.textContent = floor.error ? `${state}: ${floor.error}` : state;
+}
+
+function fail(why) {
+  if (floor.state === 'failed') return;
+  console.error(`floor: ${why}`);
+  floor.error = why;
+  setState('failed');
+}
+
+/** Resolves once `ready()` holds, polling; rejects after `timeoutMs`. */
+function until(ready, timeoutMs, what) {
+  return new Promise((resolve, reject) => {
+    const started = performance.now();
+    const poll = setInterval(() => {
+      if (ready()) {
+        clearInterval(poll);
+        resolve();
+      } else if (performance.now() - started > timeoutMs) {
+        clearInterval(poll);
+        reject(new Error(`no ${what} within ${timeoutMs} ms`));
+      }
+    }, 20);
+  });
+}
+
+/** A SourceBuffer for the recording, attached to `video`. */
+function openSourceBuffer() {
+  const mediaSource = new MediaSource();
+  video.src = URL.createObjectURL(mediaSource);
+  return new Promise((resolve, reject) => {
+    mediaSource.addEventListener(
+      'sourceopen',
+      () => {
+        URL.revokeObjectURL(video.src);
+        try {
+          const sourceBuffer = mediaSource.addSourceBuffer(RECORDER_MIME);
+          // As the viewer does: the recorder's timestamps only move forward.
+          sourceBuffer.mode = 'segments';
+          resolve(sourceBuffer);
+        } catch (err) {
+          reject(err);
+        }
+      },
+      { once: true },
+    );
+  });
+}
+
+/** Records `stream` as the presenter does and appends every chunk as soon as it is handed over.
+ *  (Nothing played is ever removed: a bench window is far below the SourceBuffer's quota.) */
+function record(stream, sourceBuffer) {
+  const recorder = new MediaRecorder(stream, {
+    mimeType: RECORDER_MIME,
+    videoBitsPerSecond: VIDEO_BITS_PER_SECOND,
+    videoKeyFrameIntervalDuration: KEYFRAME_INTERVAL_MS,
+  });
+  const pending = [];
+  const pump = () => {
+    if (sourceBuffer.updating || !pending.length) return;
+    try {
+      sourceBuffer.appendBuffer(pending.shift());
+    } catch (err) {
+      fail(`append failed: ${err.name} ${err.message}`);
+    }
+  };
+  sourceBuffer.addEventListener('updateend', pump);
+  // Reading a Blob is asynchronous: start each read at once, but queue the bytes in order.
+  let inOrder = Promise.resolve();
+  recorder.ondataavailable = ({ data }) => {
+    if (!data.size) return;
+    const read = data.arrayBuffer();
+    inOrder = inOrder
+      .then(() => read)
+      .then((bytes) => {
+        floor.recordedBytes += bytes.byteLength;
+        pending.push(bytes);
+        pump();
+      });
+  };
+  recorder.onerror = (event) => fail(`recorder error: ${event.error?.message}`);
+  recorder.start(TIMESLICE_MS);
+  floor.mime = recorder.mimeType || RECORDER_MIME;
+}
+
+/** Chrome does not play across a gap in the buffer, and stops a few frames before one: a stall
+ *  with media ahead means jump. The same rule as MsePlayer.skipGap (mse-player.js), which
+ *  cannot be reused without the player's socket. */
+function skipGap(stuck) {
+  const buffered = video.buffered;
+  const t = video.currentTime;
+  let inside = false;
+  for (let i = 0; i < buffered.length; i++) {
+    if (buffered.start(i) <= t && t < buffered.end(i)) inside = true;
+    if (buffered.start(i) > t) {
+      if (!inside || stuck) video.currentTime = buffered.start(i);
+      return;
+    }
+  }
+}
+
+/** Keeps `video` playing near the live edge with the viewer's own policy, on the viewer's tick. */
+function followLiveEdge() {
+  const clock = new LatencyClock(video);
+  let lastTime = 0;
+  video.addEventListener('waiting', () => !video.seeking && skipGap(true));
+  video.addEventListener('error', () => fail(`media error ${video.error?.code} ${video.error?.message ?? ''}`));
+  setInterval(() => {
+    if (floor.state === 'failed' || !video.buffered.length) return;
+    const stuck = !video.paused && !video.seeking && video.currentTime === lastTime;
+    skipGap(stuck);
+    clock.follow(video.buffered);
+    floor.behindLive = clock.behindLive;
+    if (video.paused) video.play().catch(() => {}); // muted, so autoplay is allowed
+    lastTime = video.currentTime;
+    setState(stuck || video.paused ? 'waiting' : 'playing');
+  }, TICK_MS);
+}
+
+async function start() {
+  // The presenter page's camera request, without the microphone (see RECORDER_MIME).
+  camera.srcObject = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 } });
+  const canvas = stampedCanvas(camera);
+  // Record once the canvas has the camera's size (it is resized as it first draws a frame), so
+  // the recording does not start with the blank canvas's 300 x 150.
+  await until(() => camera.videoWidth > 0 && canvas.width === camera.videoWidth, CAMERA_TIMEOUT_MS, 'camera frame');
+  const sourceBuffer = await openSourceBuffer();
+  record(canvas.captureStream(CLOCK_FPS), sourceBuffer);
+  setState('recording');
+  followLiveEdge();
+  floor.stampAgesMs = readStamps(video);
+}
+
+start().catch((err) => fail(`${err.name}: ${err.message}`));
