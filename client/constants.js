@@ -7,7 +7,8 @@
 // Text messages are JSON objects with a "type". A page ignores types it does not know (and text
 // that is not JSON), so the server can add messages without breaking pages already open.
 //
-// GET /ws/view: the viewer's WebSocket. The server talks; the page only listens.
+// GET /ws/view: the viewer's WebSocket. The server sends the stream; the page sends only the
+// latency readout's messages (below).
 //   text    {"type":"init","mime":"video/webm; codecs=\"vp8,opus\"","width":640,"height":480}
 //           Sent before every init segment. `mime` is what MediaSource.isTypeSupported and
 //           addSourceBuffer take; `width` and `height` are null when the stream has no video.
@@ -53,7 +54,21 @@
 // PUT|POST /publish?token=…[&takeover=1] takes the same WebM as a chunked body (ffmpeg, gst) and
 // answers when it ends: 200 done, 400 refused (the reason), 408 no media for --presenter-idle
 // seconds, 409 taken over, 503 the server is shutting down.
-// GET /api/status is JSON; the viewer page reads `viewers` and `source.state` from it.
+// GET /api/status is JSON; the viewer page reads `viewers` and `source.state` from it, and
+// `latency` holds the server's part of the latency budget and the viewers' median readout.
+//
+// The latency readout (src/latency.rs), on both WebSockets:
+//   text    (page -> server) {"type":"ping","t":<the page's Date.now()>}
+//   text    (server -> page) {"type":"pong","t":<the same t>,"server_ms":<the server's clock>}
+//           answered at once: the page estimates its clock's offset from the server's.
+//   text    (presenter -> server) {"type":"capture","origin_ms":<server clock>}: when media
+//           time 0 of the recording was captured. Sent again when the offset estimate improves.
+//   text    (server -> viewer) {"type":"stamp","media_ms":M,"capture_ms":C} before each keyframe
+//           Cluster: media time M was captured at C (server clock; for the demo or a file, when
+//           the server received it).
+//   text    (viewer -> server) {"type":"latency","ms":N} every few seconds: the page's estimate.
+//   The presenter's "stats" message adds "viewers": {"glass_to_glass_ms_p50", "viewers_reporting"}.
+//   A page may send 20 text messages a second; more are not answered.
 
 /** Where the viewer's WebSocket is. */
 export const VIEW_PATH = '/ws/view';
@@ -67,7 +82,15 @@ export const HLS_PLAYLIST = '/hls/live.m3u8';
 export const HLS_JS = '/vendor/hls.min.js';
 
 /** The "type" of each text message. */
-export const MESSAGE = Object.freeze({ INIT: 'init', STATS: 'stats' });
+export const MESSAGE = Object.freeze({
+  INIT: 'init',
+  STATS: 'stats',
+  PING: 'ping',
+  PONG: 'pong',
+  CAPTURE: 'capture',
+  STAMP: 'stamp',
+  LATENCY: 'latency',
+});
 
 /** A text message as an object; null for text that is not a JSON object, which pages ignore. */
 export function parseMessage(text) {
@@ -154,6 +177,25 @@ export const HLS_RETRY_MIN_MS = 1000;
 export const HLS_RETRY_MAX_MS = 10000;
 /** A second media error sooner than this after the last: start over. */
 export const HLS_MEDIA_RETRY_MS = 5000;
+
+// ## The latency readout
+
+/** Clock pings when a socket opens (one answer may be slow)... */
+export const CLOCK_SYNC_BURST = 5;
+/** ...this far apart... */
+export const CLOCK_SYNC_BURST_MS = 200;
+/** ...then one this often, to follow drift and find a faster round trip. */
+export const CLOCK_SYNC_EVERY_MS = 5000;
+/** Clock samples kept; the fastest round trip among them sets the offset. */
+export const CLOCK_SYNC_KEPT = 12;
+/** How often the readout takes the age of the picture on screen. */
+export const GLASS_SAMPLE_EVERY_MS = 100;
+/** How often the readout (window.lenscast.glassToGlassMs) is updated. */
+export const GLASS_READOUT_EVERY_MS = 1000;
+/** How often a viewer page reports its readout to the server (for the presenter's figure). */
+export const GLASS_REPORT_EVERY_MS = 2000;
+/** Capture stamps a viewer keeps (one per keyframe Cluster). */
+export const GLASS_STAMPS_KEPT = 16;
 
 // ## The presenter: recorder and upload
 

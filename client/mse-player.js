@@ -6,6 +6,7 @@ import {
   BACKOFF_MAX_MS,
   BACKOFF_MIN_MS,
   BASELINE_WEBM_MIME,
+  GLASS_REPORT_EVERY_MS,
   KEEP_PLAYED,
   MAX_QUEUED_BYTES,
   MESSAGE,
@@ -16,7 +17,9 @@ import {
   TRIM_EVERY_MS,
   VIEW_PATH,
 } from './constants.js';
+import { GlassReadout } from './glass-readout.js';
 import { LatencyClock } from './latency-clock.js';
+import { ServerClock } from './server-clock.js';
 
 // iOS Safari has only ManagedMediaSource; everything else has MediaSource.
 const MediaSourceImpl = window.MediaSource || window.ManagedMediaSource;
@@ -155,6 +158,7 @@ class SourceBufferQueue {
  *   mime, audioOnly: the stream's, from its last init message
  *   unsupportedMime: the stream's mime type while MSE cannot play it, else null
  *   behindLive: seconds between the playhead and the live edge (see LatencyClock), or null
+ *   glassToGlassMs: the latency readout (see GlassReadout), or null
  *   reconnects, appendedBytes, autoplayRefused
  */
 export class MsePlayer {
@@ -168,11 +172,18 @@ export class MsePlayer {
       audioOnly: false,
       unsupportedMime: null,
       behindLive: null,
+      glassToGlassMs: null,
       reconnects: 0,
       appendedBytes: 0,
       autoplayRefused: false,
     };
     this.clock = new LatencyClock(video);
+    this.serverClock = null; // one per connection: a new server may have another clock
+    this.readout = new GlassReadout(video, null);
+    this.readout.onChange = (readout) => {
+      this.state.glassToGlassMs = readout.glassToGlassMs;
+      this.changed();
+    };
     this.socket = null;
     this.queue = null; // the SourceBufferQueue, while the stream is one MSE can play
     this.expectInit = false; // the next binary message is an init segment
@@ -188,6 +199,8 @@ export class MsePlayer {
     // A decode error leaves the element dead; a fresh MediaSource from a keyframe recovers.
     video.addEventListener('error', () => this.queue && this.reconnect(`media error ${video.error?.code}`));
     this.connect();
+    this.readout.start();
+    setInterval(() => this.reportLatency(), GLASS_REPORT_EVERY_MS);
     setInterval(() => this.tick(), TICK_MS);
     setInterval(() => this.trimPlayed(), TRIM_EVERY_MS);
   }
@@ -201,8 +214,15 @@ export class MsePlayer {
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const ws = new WebSocket(`${scheme}//${location.host}${VIEW_PATH}`);
     ws.binaryType = 'arraybuffer';
+    const serverClock = new ServerClock((text) => ws.readyState === WebSocket.OPEN && ws.send(text));
+    this.serverClock = serverClock;
+    this.readout.clock = serverClock;
     // Events from a socket we already gave up on must not touch the new one.
-    ws.onopen = () => this.socket === ws && this.setState('waiting');
+    ws.onopen = () => {
+      if (this.socket !== ws) return;
+      serverClock.start();
+      this.setState('waiting');
+    };
     ws.onmessage = (event) => {
       if (this.socket !== ws) return;
       if (typeof event.data === 'string') this.onText(event.data);
@@ -217,6 +237,8 @@ export class MsePlayer {
   onText(text) {
     const msg = parseMessage(text);
     if (msg?.type === MESSAGE.INIT) this.onInit(msg);
+    else if (msg?.type === MESSAGE.PONG) this.serverClock?.onPong(msg);
+    else if (msg?.type === MESSAGE.STAMP) this.readout.onStamp(msg);
     // Other message types are for newer pages; ignoring them keeps old pages working.
   }
 
@@ -264,6 +286,9 @@ export class MsePlayer {
     const ws = this.socket;
     this.socket = null;
     ws?.close();
+    this.serverClock?.stop();
+    this.serverClock = null;
+    this.readout.reset();
     this.queue?.close();
     this.queue = null;
     this.expectInit = false;
@@ -273,6 +298,13 @@ export class MsePlayer {
     this.setState('reconnecting');
     setTimeout(() => this.connect(), this.backoffMs);
     this.backoffMs = Math.min(this.backoffMs * 2, BACKOFF_MAX_MS);
+  }
+
+  /** Tells the server what this page sees, for the presenter's figure. */
+  reportLatency() {
+    const ms = this.readout.glassToGlassMs;
+    if (ms === null || this.socket?.readyState !== WebSocket.OPEN) return;
+    this.socket.send(JSON.stringify({ type: MESSAGE.LATENCY, ms: Math.max(0, ms) }));
   }
 
   /** Runs a few times a second: keeps playback going and near the live edge. */

@@ -25,6 +25,7 @@ const figures = {
   faces: document.getElementById('faces'),
   latency: document.getElementById('latency'),
   dropped: document.getElementById('dropped'),
+  glass: document.getElementById('glass'),
 };
 
 const publisher = new Publisher(token, render);
@@ -76,6 +77,12 @@ function render() {
   figures.faces.textContent = p ? `${p.faces_last} / ${p.faces_total}` : '–';
   figures.latency.textContent = p ? `${Math.round(p.latency_ms_p50)} ms` : '–';
   figures.dropped.textContent = p ? String(p.frames_dropped) : '–';
+  // What viewers see: the median of their own readouts (camera to their screens).
+  const seen = lastStats?.viewers;
+  figures.glass.textContent =
+    seen?.glass_to_glass_ms_p50 != null
+      ? `${Math.round(seen.glass_to_glass_ms_p50)} ms (${seen.viewers_reporting} viewer${seen.viewers_reporting === 1 ? '' : 's'})`
+      : '–';
 }
 
 function formatBytes(n) {

@@ -19,6 +19,7 @@ import {
   TIMESLICE_MS,
   VIDEO_BITS_PER_SECOND,
 } from './constants.js';
+import { ServerClock } from './server-clock.js';
 
 /** The recorder mime type to use: '' for the browser's default, null without MediaRecorder. */
 function chooseMime(hasAudio) {
@@ -74,9 +75,13 @@ export class Publisher {
       opened: false,
       stopping: false,
       failure: null,
+      clock: null,
+      recordStart: null, // Date.now() when the recorder started: media time 0, about
     };
     const ws = new WebSocket(this.publishUrl(session, location.protocol === 'https:' ? 'wss:' : 'ws:'));
     session.ws = ws;
+    session.clock = new ServerClock((text) => ws.readyState === WebSocket.OPEN && ws.send(text));
+    session.clock.onChange = () => this.sendCaptureOrigin(session);
     this.broadcast = session;
     Object.assign(this.state, { bytesSent: 0, lastStats: null, reason: null });
     this.setState('connecting');
@@ -84,10 +89,11 @@ export class Publisher {
     ws.onopen = () => {
       if (this.broadcast !== session) return;
       session.opened = true;
+      session.clock.start();
       this.startRecording(session, record());
     };
     ws.onmessage = (event) => {
-      if (this.broadcast === session && typeof event.data === 'string') this.onText(event.data);
+      if (this.broadcast === session && typeof event.data === 'string') this.onText(session, event.data);
     };
     // An error is always followed by close, so close alone handles both.
     ws.onclose = (event) => this.broadcast === session && this.onClose(session, event);
@@ -140,6 +146,10 @@ export class Publisher {
         else this.fail(session, 'disconnected', 'the recorder stopped (camera gone?)');
       };
       recorder.start(TIMESLICE_MS);
+      // The recording's timestamps count from its first frame, which the camera delivers about
+      // now: the best the page can know of when media time 0 was captured.
+      session.recordStart = Date.now();
+      this.sendCaptureOrigin(session);
     } catch (err) {
       this.fail(session, 'refused', `cannot record ${mime || 'WebM'}: ${err.message}`);
       return;
@@ -214,12 +224,21 @@ export class Publisher {
     }
   }
 
-  onText(text) {
+  onText(session, text) {
     const msg = parseMessage(text);
+    if (msg?.type === MESSAGE.PONG) session.clock.onPong(msg);
     // Other message types are for newer pages; ignoring them keeps old pages working.
     if (msg?.type !== MESSAGE.STATS) return;
     this.state.lastStats = msg;
     this.changed();
+  }
+
+  /** Tells the server when media time 0 was captured, on its clock (for the latency readout),
+   *  once both are known, and again whenever the clock estimate improves. */
+  sendCaptureOrigin(session) {
+    const origin = session.recordStart === null ? null : session.clock.toServer(session.recordStart);
+    if (origin === null || session.ws.readyState !== WebSocket.OPEN) return;
+    session.ws.send(JSON.stringify({ type: MESSAGE.CAPTURE, origin_ms: origin }));
   }
 
   setState(state) {
@@ -234,6 +253,7 @@ export class Publisher {
 
 /** Stops the recorder without the usual end-of-recording handling, and the session's own tracks. */
 function stopRecorder(session) {
+  session.clock?.stop();
   const { recorder } = session;
   if (recorder && recorder.state !== 'inactive') {
     recorder.onstop = null;

@@ -20,6 +20,7 @@ const lenscast = {
   mime: null,
   audioOnly: false,
   behindLive: null, // seconds between the playhead and the end of what we have
+  glassToGlassMs: null, // the latency readout: camera (or server, for the demo) to this screen
   reconnects: 0,
   appendedBytes: 0,
   viewers: null,
@@ -35,6 +36,7 @@ function startMse() {
     lenscast.mime = mse.mime;
     lenscast.audioOnly = mse.audioOnly;
     lenscast.behindLive = mse.behindLive;
+    lenscast.glassToGlassMs = mse.glassToGlassMs;
     lenscast.reconnects = mse.reconnects;
     lenscast.appendedBytes = mse.appendedBytes;
     stage.classList.toggle('audio-only', mse.audioOnly);
@@ -77,7 +79,8 @@ function renderStatus() {
   if (lenscast.viewers != null && lenscast.engine !== 'hls') {
     parts.push(`${lenscast.viewers} viewer${lenscast.viewers === 1 ? '' : 's'}`);
   }
-  if (lenscast.behindLive != null) parts.push(`${lenscast.behindLive.toFixed(1)} s behind live`);
+  if (lenscast.glassToGlassMs != null) parts.push(`${lenscast.glassToGlassMs} ms glass to glass`);
+  else if (lenscast.behindLive != null) parts.push(`${lenscast.behindLive.toFixed(1)} s behind live`);
   if (lenscast.audioOnly) parts.push('audio only');
   statusLine.textContent = parts.join(' · ');
 }

@@ -26,6 +26,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::audience::Audience;
+use crate::latency::Stamp;
 use crate::webm::{InitSegment, Output, StreamInfo};
 
 /// Chunks the ring holds; at ~80 chunks/s (30 fps video + Opus) about 12 s.
@@ -105,6 +106,9 @@ pub enum ChunkKind {
 pub struct Chunk {
     pub kind: ChunkKind,
     pub bytes: Bytes,
+    /// On Cluster starts: when the Cluster's media was captured, for the viewers' latency
+    /// readout (see [`crate::latency`]). Shared: every viewer sends the same message.
+    pub stamp: Option<Arc<Stamp>>,
 }
 
 impl Chunk {
@@ -120,6 +124,7 @@ impl Chunk {
         Chunk {
             bytes: init.bytes.clone(),
             kind: ChunkKind::Init(init),
+            stamp: None,
         }
     }
 
@@ -134,12 +139,14 @@ impl Chunk {
                     init: current_init.cloned()?,
                 },
                 bytes,
+                stamp: None,
             },
             Output::Block(bytes) => {
                 current_init?;
                 Chunk {
                     kind: ChunkKind::Block,
                     bytes,
+                    stamp: None,
                 }
             }
         })
@@ -332,13 +339,22 @@ impl Hub {
 
     /// Sends finished chunks to every viewer (and into the join cache), in order.
     pub fn publish(&self, outputs: impl IntoIterator<Item = Output>) {
+        self.publish_stamped(outputs, None);
+    }
+
+    /// As [`Hub::publish`], with `stamp` (when the media was captured) on any Cluster start.
+    pub fn publish_stamped(&self, outputs: impl IntoIterator<Item = Output>, stamp: Option<Stamp>) {
+        let stamp = stamp.map(Arc::new);
         let limits = self.shared.limits;
         let mut state = self.lock();
         let before = state.ring.end();
         for output in outputs {
-            let Some(chunk) = Chunk::from_output(output, state.init.as_ref()) else {
+            let Some(mut chunk) = Chunk::from_output(output, state.init.as_ref()) else {
                 continue;
             };
+            if matches!(chunk.kind, ChunkKind::ClusterStart { .. }) {
+                chunk.stamp.clone_from(&stamp);
+            }
             if let ChunkKind::Init(init) = &chunk.kind {
                 if state
                     .init

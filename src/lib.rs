@@ -27,6 +27,8 @@
 //!   MPEG-TS segments with a sliding live playlist, written atomically into a run directory.
 //! - [`http`]: warp routes: pages, viewers (`/ws/view`, `/live.webm`), presenters
 //!   (`/ws/publish`, `PUT /publish`), `/api/status`, `/healthz`.
+//! - [`latency`]: glass-to-glass latency: the server clock the pages sync to, the capture
+//!   stamps on keyframe Clusters, and the viewers' reports.
 //! - [`audience`]: whether anyone watches (viewers, recent HLS requests), so a looped input
 //!   pauses when nobody does.
 //!
@@ -38,6 +40,7 @@ pub mod audience;
 pub mod hls;
 pub mod http;
 pub mod hub;
+pub mod latency;
 pub mod media;
 pub mod pipeline;
 pub mod server;

@@ -30,12 +30,13 @@ use crate::annotate::{self, Annotator};
 use crate::clock::{MediaTime, Timeline};
 use crate::hls::HlsMirror;
 use crate::hub::Hub;
+use crate::latency::{Stamp, WallTime};
 use crate::media::decode::VideoDecoder;
 use crate::media::encode::Vp8Encoder;
 use crate::media::scale::Scaler;
 use crate::media::Resolution;
 use crate::webm::writer::{AudioTrack, LiveWriter, OutputTracks, AUDIO_TRACK, VIDEO_TRACK};
-use crate::webm::{Event, TrackKind, Tracks};
+use crate::webm::{Event, Output, TrackKind, Tracks};
 
 /// Under overload, a frame is encoded at least this often however late it is.
 const MAX_ENCODE_GAP: Duration = Duration::from_millis(200);
@@ -46,9 +47,19 @@ const LATENCY_SAMPLES: usize = 300;
 /// Messages the slot sends, in order: `Start`, events, `End` of one source, then the next.
 #[derive(Debug, Clone)]
 pub enum Message {
-    Start { name: String, presenter: bool },
-    Event { event: Event, arrived: Instant },
-    End { reason: String },
+    Start {
+        name: String,
+        presenter: bool,
+    },
+    Event {
+        event: Event,
+        arrived: Instant,
+    },
+    /// The presenter's word on when media time 0 of its source was captured (server clock).
+    CaptureOrigin(WallTime),
+    End {
+        reason: String,
+    },
 }
 
 /// What the pipeline produces.
@@ -122,6 +133,9 @@ pub struct PipelineStats {
     /// From a frame's arrival at the server to its bytes entering the broadcast, ms.
     pub latency_ms_p50: f64,
     pub latency_ms_p99: f64,
+    /// From a frame's capture to its arrival at the server (the presenter's recorder and
+    /// upload), ms; only for presenters whose page says when it captured.
+    pub capture_to_arrival_ms_p50: Option<f64>,
 }
 
 /// The handle the slot and status use. Cheap to clone.
@@ -206,8 +220,31 @@ impl Pipeline {
     }
 }
 
+/// A frame's times: its place on the output timeline, when it reached the server, and when it
+/// was captured (server clock).
+#[derive(Clone, Copy)]
+struct When {
+    time: MediaTime,
+    arrived: Instant,
+    capture: WallTime,
+}
+
+impl When {
+    /// The same packet's times for a picture the decoder gave at `time` (a decoder that
+    /// reorders gives pictures of other times than the packet it was fed).
+    fn at(self, time: MediaTime) -> When {
+        When {
+            time,
+            capture: self.capture.offset(time - self.time),
+            ..self
+        }
+    }
+}
+
 /// What the pipeline knows of the source it is processing.
 struct Input {
+    /// When the source's media time 0 was captured (server clock), if it said.
+    capture_origin: Option<WallTime>,
     video_track: Option<u64>,
     audio_track: Option<u64>,
     audio: Option<AudioTrack>,
@@ -217,6 +254,7 @@ struct Input {
 impl Input {
     fn new() -> Self {
         Input {
+            capture_origin: None,
             video_track: None,
             audio_track: None,
             audio: None,
@@ -276,11 +314,35 @@ impl Rate {
     }
 }
 
+/// The latest `LATENCY_SAMPLES` figures of one kind, for percentiles.
+#[derive(Default)]
+struct Samples(VecDeque<f64>);
+
+impl Samples {
+    fn push(&mut self, value: f64) {
+        if self.0.len() == LATENCY_SAMPLES {
+            self.0.pop_front();
+        }
+        self.0.push_back(value);
+    }
+
+    /// The `q` quantiles (0..=1) of what is kept, in order; None when empty.
+    fn quantiles<const N: usize>(&self, q: [f64; N]) -> Option<[f64; N]> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let mut sorted: Vec<f64> = self.0.iter().copied().collect();
+        sorted.sort_by(f64::total_cmp);
+        Some(q.map(|q| sorted[((sorted.len() - 1) as f64 * q).round() as usize]))
+    }
+}
+
 /// The pipeline's figures as it works, published to the shared snapshot after each message.
 struct Recorder {
     shared: Arc<Mutex<PipelineStats>>,
     local: PipelineStats,
-    latencies: VecDeque<f64>,
+    latencies: Samples,
+    uploads: Samples,
     rate_in: Rate,
     rate_out: Rate,
 }
@@ -290,7 +352,8 @@ impl Recorder {
         Recorder {
             shared,
             local: PipelineStats::default(),
-            latencies: VecDeque::with_capacity(LATENCY_SAMPLES),
+            latencies: Samples::default(),
+            uploads: Samples::default(),
             rate_in: Rate::default(),
             rate_out: Rate::default(),
         }
@@ -304,11 +367,8 @@ impl Recorder {
     fn frame_out(&mut self, arrived: Instant) {
         self.local.frames_out += 1;
         self.rate_out.tick();
-        if self.latencies.len() == LATENCY_SAMPLES {
-            self.latencies.pop_front();
-        }
         self.latencies
-            .push_back(arrived.elapsed().as_secs_f64() * 1000.0);
+            .push(arrived.elapsed().as_secs_f64() * 1000.0);
     }
 
     fn publish(&mut self, annotator: Option<&Annotator>) {
@@ -320,13 +380,11 @@ impl Recorder {
         }
         self.local.fps_in = self.rate_in.per_second;
         self.local.fps_out = self.rate_out.per_second;
-        if !self.latencies.is_empty() {
-            let mut sorted: Vec<f64> = self.latencies.iter().copied().collect();
-            sorted.sort_by(f64::total_cmp);
-            let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
-            self.local.latency_ms_p50 = at(0.5);
-            self.local.latency_ms_p99 = at(0.99);
+        if let Some([p50, p99]) = self.latencies.quantiles([0.5, 0.99]) {
+            self.local.latency_ms_p50 = p50;
+            self.local.latency_ms_p99 = p99;
         }
+        self.local.capture_to_arrival_ms_p50 = self.uploads.quantiles([0.5]).map(|[p50]| p50);
         *self.shared.lock().expect("stats lock") = self.local.clone();
     }
 }
@@ -366,8 +424,15 @@ impl Worker {
                     }
                     self.stats.local.input = Some(name);
                     self.stats.local.presenter_connected = presenter;
+                    // The last presenter's upload figures say nothing about this source.
+                    self.stats.uploads = Samples::default();
                 }
                 Message::Event { event, arrived } => self.event(event, arrived),
+                Message::CaptureOrigin(origin) => {
+                    if let Some(source) = self.source.as_mut() {
+                        source.capture_origin = Some(origin);
+                    }
+                }
                 Message::End { reason } => {
                     if self.source.take().is_some() {
                         tracing::info!(reason, "pipeline input ended");
@@ -395,8 +460,24 @@ impl Worker {
             }
             Event::Block(block) => {
                 if Some(block.track) == source.video_track {
+                    let capture = match source.capture_origin {
+                        Some(origin) => {
+                            let capture = origin.offset(block.time);
+                            self.stats
+                                .uploads
+                                .push(WallTime::at(arrived).millis_since(capture));
+                            capture
+                        }
+                        // The demo, a file, a tool: its frames' age starts at the server.
+                        None => WallTime::at(arrived),
+                    };
                     let time = self.timeline.place(VIDEO_TRACK, block.time);
-                    self.video(&block.frame(), time, arrived);
+                    let when = When {
+                        time,
+                        arrived,
+                        capture,
+                    };
+                    self.video(&block.frame(), when);
                 } else if Some(block.track) == source.audio_track {
                     let time = self.timeline.place(AUDIO_TRACK, block.time);
                     if let Some((_, _, Some(encoding))) = self.output.as_mut() {
@@ -424,13 +505,13 @@ impl Worker {
         }
     }
 
-    fn video(&mut self, data: &[u8], time: MediaTime, arrived: Instant) {
+    fn video(&mut self, data: &[u8], when: When) {
         let Some(decoder) = self.source.as_mut().and_then(|s| s.decoder.as_mut()) else {
             return;
         };
         let started = Instant::now();
         let mut decoded = Vec::new();
-        if let Err(error) = decoder.decode(data, time, &mut decoded) {
+        if let Err(error) = decoder.decode(data, when.time, &mut decoded) {
             self.stats.local.decode_errors += 1;
             tracing::debug!(%error, "frame did not decode");
         }
@@ -439,12 +520,13 @@ impl Worker {
             started.elapsed().as_secs_f64() * 1000.0,
         );
         for frame in decoded {
-            let time = frame.pts().map_or(time, MediaTime::from_nanos);
-            self.frame(&frame, time, arrived);
+            let time = frame.pts().map_or(when.time, MediaTime::from_nanos);
+            self.frame(&frame, when.at(time));
         }
     }
 
-    fn frame(&mut self, frame: &VideoFrame, time: MediaTime, arrived: Instant) {
+    fn frame(&mut self, frame: &VideoFrame, when: When) {
+        let When { time, arrived, .. } = when;
         if !self
             .config
             .max_resolution
@@ -501,9 +583,11 @@ impl Worker {
         let started = Instant::now();
         let mut out = Vec::new();
         let writer = &mut encoding.writer;
+        let mut first_at = None;
         let encoded = encoding
             .encoder
             .encode(&mut picture, time, |at, keyframe, bytes| {
+                first_at.get_or_insert(at);
                 writer.video(at, keyframe, bytes, &mut out);
             });
         if let Err(error) = encoded {
@@ -514,7 +598,12 @@ impl Worker {
             self.stats.local.encode_ms,
             started.elapsed().as_secs_f64() * 1000.0,
         );
-        self.hub.publish(out);
+        // A Cluster start carries when its media was captured, for the viewers' readout.
+        let starts_cluster = out.iter().any(|o| matches!(o, Output::ClusterStart { .. }));
+        let stamp = first_at
+            .filter(|_| starts_cluster)
+            .map(|at| Stamp::new(at, when.at(at).capture));
+        self.hub.publish_stamped(out, stamp);
         self.stats.frame_out(arrived);
     }
 

@@ -140,6 +140,7 @@ impl Server {
             publishing: Arc::new(Publishing::new(config.token.clone())),
             hls,
             config: Arc::new(config.http.clone()),
+            latency: Arc::default(),
         };
         Ok(Server {
             app,

@@ -62,6 +62,16 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../client/clock-stamp.js"),
     ),
     (
+        "server-clock.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../client/server-clock.js"),
+    ),
+    (
+        "glass-readout.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../client/glass-readout.js"),
+    ),
+    (
         "constants.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../client/constants.js"),

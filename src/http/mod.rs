@@ -83,6 +83,8 @@ pub struct App {
     /// The HLS mirror, unless `--no-hls`.
     pub hls: Option<Arc<crate::hls::HlsMirror>>,
     pub config: Arc<HttpConfig>,
+    /// What viewers report of their glass-to-glass latency.
+    pub latency: Arc<crate::latency::Reports>,
 }
 
 impl App {
@@ -104,9 +106,17 @@ impl App {
         };
         status["mode"] = mode.into();
         let pipeline = self.slot.pipeline().map(|p| p.stats());
-        status["pipeline"] = serde_json::to_value(pipeline).expect("stats serialize");
+        status["pipeline"] = serde_json::to_value(&pipeline).expect("stats serialize");
         let hls = self.hls.as_ref().map(|h| h.status());
         status["hls"] = serde_json::to_value(hls).expect("stats serialize");
+        // The latency budget: the server's own part (capture → arrival is the presenter's
+        // recorder and upload; arrival → broadcast the pipeline) and what viewers see end to end.
+        status["latency"] = serde_json::json!({
+            "capture_to_arrival_ms_p50": pipeline.as_ref().and_then(|p| p.capture_to_arrival_ms_p50),
+            "arrival_to_broadcast_ms_p50": pipeline.as_ref().map(|p| p.latency_ms_p50),
+            "arrival_to_broadcast_ms_p99": pipeline.as_ref().map(|p| p.latency_ms_p99),
+            "viewers": self.latency.summary(),
+        });
         status
     }
 }

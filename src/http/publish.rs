@@ -25,6 +25,7 @@ use warp::http::StatusCode;
 use warp::ws::{Message, WebSocket};
 
 use super::App;
+use crate::latency::{self, PageMessage, WallTime};
 use crate::source::{ClaimError, EndReason, Feeder, IngestError, SourceKind};
 
 /// Wrong tokens answered per client address: a burst of this many...
@@ -173,7 +174,9 @@ fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 pub enum Incoming {
     /// WebM bytes.
     Media(Bytes),
-    /// Something to skip (a WebSocket ping or text message).
+    /// A text message: the page's clock messages (see [`crate::latency`]).
+    Text(Bytes),
+    /// Something to skip (a WebSocket ping or pong).
     Other,
     /// The presenter ended the upload cleanly (a close frame, or the end of the body).
     Finished,
@@ -298,6 +301,19 @@ pub async fn present<T: Transport>(
                         last_media = tokio::time::Instant::now();
                     }
                 }
+                Incoming::Text(text) => match PageMessage::parse(&text) {
+                    Ok(PageMessage::Ping { t }) => {
+                        if !transport.status(latency::pong(t)).await {
+                            break Outcome::Lost(T::LOST);
+                        }
+                    }
+                    Ok(PageMessage::Capture { origin_ms }) => {
+                        feeder.capture_origin(WallTime::from_millis(origin_ms)).await;
+                    }
+                    // Only viewers report latency; an old or odd page's text changes nothing.
+                    Ok(PageMessage::Latency { .. }) => {}
+                    Err(error) => tracing::debug!(?remote, %error, "presenter text ignored"),
+                },
                 Incoming::Other => {}
                 // A clean end must also end on an element boundary: a cut-off stream is
                 // refused with the reason rather than reported as finished.
@@ -315,6 +331,7 @@ pub async fn present<T: Transport>(
                     "type": "stats",
                     "received_bytes": received,
                     "pipeline": app.slot.pipeline().map(|p| p.stats()),
+                    "viewers": app.latency.summary(),
                 });
                 if !transport.status(stats.to_string()).await {
                     break Outcome::Lost(T::LOST);
@@ -357,6 +374,7 @@ impl Transport for WsTransport {
         match self.socket.next().await {
             Some(Ok(message)) if message.is_binary() => Incoming::Media(message.into_bytes()),
             Some(Ok(message)) if message.is_close() => Incoming::Finished,
+            Some(Ok(message)) if message.is_text() => Incoming::Text(message.into_bytes()),
             Some(Ok(_)) => Incoming::Other,
             Some(Err(error)) if super::too_large(&error) => Incoming::TooLarge,
             Some(Err(_)) | None => Incoming::Lost,

@@ -13,6 +13,7 @@ use warp::Reply;
 
 use super::{ws, App, MAX_VIEWER_MESSAGE};
 use crate::hub::{Chunk, ChunkKind, Hub, Viewer};
+use crate::latency::{self, PageMessage};
 
 /// A viewer's connection gets a keepalive after this long without media (the broadcast is
 /// paused, or there is no source yet), so the idle-connection timeout never ends a viewer
@@ -22,6 +23,10 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 const VOID: &[u8] = &[0xEC, 0x80];
 
 static NEXT_VIEWER: AtomicU64 = AtomicU64::new(1);
+
+/// Text messages a viewer's page may send per second (clock pings, latency reports).
+const PAGE_MESSAGES_PER_SECOND: std::num::NonZeroU32 =
+    std::num::NonZeroU32::new(20).expect("not zero");
 
 /// The text message sent before each init segment, telling the page how to set up MSE.
 fn init_message(chunk: &Chunk) -> Option<String> {
@@ -42,13 +47,18 @@ fn init_message(chunk: &Chunk) -> Option<String> {
 /// message after its "init" text (the page treats the message after that text as the init).
 async fn send_batch(writer: &mut ws::Writer, batch: &[Chunk]) -> std::io::Result<()> {
     let mut media: Vec<bytes::Bytes> = Vec::with_capacity(batch.len());
+    // Capture stamps first: they map media times, so their place among the media is free,
+    // and the media stays one message.
+    for stamp in batch.iter().filter_map(|chunk| chunk.stamp.as_ref()) {
+        writer.text(&stamp.message).await?;
+    }
     for chunk in batch {
         if let Some(text) = init_message(chunk) {
             if !media.is_empty() {
                 writer.binary(&media).await?;
                 media.clear();
             }
-            writer.text(&text).await?;
+            writer.text(text.as_bytes()).await?;
             writer.binary(std::slice::from_ref(&chunk.bytes)).await?;
         } else {
             media.push(chunk.bytes.clone());
@@ -78,6 +88,8 @@ pub async fn websocket(io: ws::Io, app: App, remote: Option<SocketAddr>) {
     tracing::info!(viewer = id, ?remote, via = "ws", "viewer joined");
     let (mut reader, mut writer) = ws::split(io, MAX_VIEWER_MESSAGE);
     let mut batch = Vec::new();
+    // Made on the first text message: most viewers (players other than our page) send none.
+    let mut limiter: Option<governor::DefaultDirectRateLimiter> = None;
     // One timer per viewer, re-armed only when it fires: sending notes the time instead.
     let mut last_sent = Instant::now();
     let keepalive = tokio::time::sleep(KEEPALIVE);
@@ -121,6 +133,25 @@ pub async fn websocket(io: ws::Io, app: App, remote: Option<SocketAddr>) {
                         break write_failure(&error);
                     }
                 }
+                Ok(ws::Incoming::Text(text)) => {
+                    // A page pings a few times a second at most; a flood is not answered.
+                    let limiter = limiter.get_or_insert_with(|| {
+                        governor::RateLimiter::direct(governor::Quota::per_second(PAGE_MESSAGES_PER_SECOND))
+                    });
+                    if limiter.check().is_err() {
+                        continue;
+                    }
+                    match PageMessage::parse(&text) {
+                        Ok(PageMessage::Ping { t }) => {
+                            if let Err(error) = writer.text(latency::pong(t).as_bytes()).await {
+                                break write_failure(&error);
+                            }
+                        }
+                        Ok(PageMessage::Latency { ms }) => app.latency.report(id, ms),
+                        Ok(PageMessage::Capture { .. }) => {}
+                        Err(error) => tracing::debug!(viewer = id, %error, "viewer text ignored"),
+                    }
+                }
                 Ok(ws::Incoming::Ignored) => {}
                 Err(ws::WsError::TooLarge { .. }) => {
                     close(&mut writer, 1009, "viewers may send at most 4 KiB").await;
@@ -134,6 +165,7 @@ pub async fn websocket(io: ws::Io, app: App, remote: Option<SocketAddr>) {
             }
         }
     };
+    app.latency.forget(id);
     tracing::info!(viewer = id, ?remote, via = "ws", reason, "viewer left");
 }
 

@@ -46,7 +46,9 @@ pub enum WsError {
 pub enum Incoming {
     Close,
     Ping(Bytes),
-    /// Pong, text, binary, continuation: a viewer's data means nothing to us.
+    /// A whole text message (the page's clock messages, see [`crate::latency`]).
+    Text(Bytes),
+    /// Pong, binary, continuation, a fragmented text: nothing a viewer needs to send us.
     Ignored,
 }
 
@@ -197,6 +199,7 @@ impl Reader {
         Ok(Some(match header.opcode {
             OpCode::Control(Control::Close) => Incoming::Close,
             OpCode::Control(Control::Ping) => Incoming::Ping(payload.freeze()),
+            OpCode::Data(Data::Text) if header.is_final => Incoming::Text(payload.freeze()),
             OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
                 return Err(WsError::Protocol("a reserved opcode"))
             }
@@ -220,10 +223,9 @@ impl Writer {
         .await
     }
 
-    /// One text message.
-    pub async fn text(&mut self, text: &str) -> std::io::Result<()> {
-        self.frame(OpCode::Data(Data::Text), [text.as_bytes()])
-            .await
+    /// One text message (`text` is UTF-8).
+    pub async fn text(&mut self, text: &[u8]) -> std::io::Result<()> {
+        self.frame(OpCode::Data(Data::Text), [text]).await
     }
 
     /// A ping, as a keepalive.

@@ -257,6 +257,11 @@ impl Feeder {
     }
 
     /// Ends the source with `reason`.
+    /// Passes the presenter's capture origin on (see [`SourceGuard::capture_origin`]).
+    pub async fn capture_origin(&self, origin: crate::latency::WallTime) {
+        self.guard.capture_origin(origin).await;
+    }
+
     pub async fn end(self, reason: &str) {
         self.guard.end(reason).await;
     }

@@ -22,6 +22,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use crate::hub::Hub;
+use crate::latency::WallTime;
 use crate::media::Resolution;
 use crate::pipeline::{Message, Pipeline};
 use crate::webm::{Event, LiveMuxer};
@@ -332,6 +333,8 @@ impl Slot {
                     match message {
                         Message::Event { event, .. } => muxer.push(event, &mut out),
                         Message::Start { .. } | Message::End { .. } => muxer.end_source(&mut out),
+                        // Passthrough stamps nothing: the readout needs the pipeline's clock.
+                        Message::CaptureOrigin(_) => {}
                     }
                 }
                 hub.publish(out);
@@ -395,6 +398,15 @@ impl SourceGuard {
             })
             .await;
         Ok(())
+    }
+
+    /// The presenter's word on when its media time 0 was captured (server clock), for the
+    /// viewers' latency readout; ignored once this source has lost the slot.
+    pub async fn capture_origin(&self, origin: WallTime) {
+        let _delivery = self.slot.shared.delivery.lock().await;
+        if self.lost().is_none() {
+            self.slot.send(Message::CaptureOrigin(origin)).await;
+        }
     }
 
     /// Ends the source with `reason` (shown in `/api/status` and the log).
