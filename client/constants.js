@@ -63,9 +63,9 @@
 //           answered at once: the page estimates its clock's offset from the server's.
 //   text    (presenter -> server) {"type":"capture","origin_ms":<server clock>}: when media
 //           time 0 of the recording was captured. Sent again when the offset estimate improves.
-//   text    (server -> viewer) {"type":"stamp","media_ms":M,"capture_ms":C} before each keyframe
-//           Cluster: media time M was captured at C (server clock; for the demo or a file, when
-//           the server received it).
+//   text    (server -> viewer) {"type":"stamp","media_ms":M,"capture_ms":C,"sent_ms":S} before
+//           each keyframe Cluster: media time M was captured at C (server clock; for the demo or a
+//           file, when the server received it), and the server broadcast it at S.
 //   text    (viewer -> server) {"type":"latency","ms":N} every few seconds: the page's estimate.
 //   The presenter's "stats" message adds "viewers": {"glass_to_glass_ms_p50", "viewers_reporting"}.
 //   A page may send 20 text messages a second; more are not answered.

@@ -28,6 +28,8 @@ export class GlassReadout {
     this.upcoming = null; // the frame presented next, until its display time comes
     /** The latest estimate in ms (the median over the last second); null when unknown. */
     this.glassToGlassMs = null;
+    /** From the server's broadcast to this page's socket, ms (the latest stamp's). */
+    this.deliveryMs = null;
     this.onChange = () => {};
   }
 
@@ -84,8 +86,10 @@ export class GlassReadout {
   }
 
   /** A stamp from the server: `media_ms` was captured at `capture_ms` (server clock). */
-  onStamp({ media_ms: media, capture_ms: capture }) {
+  onStamp({ media_ms: media, capture_ms: capture, sent_ms: sent }) {
     if (typeof media !== 'number' || typeof capture !== 'number') return;
+    const now = this.clock?.toServer(Date.now()) ?? null;
+    if (typeof sent === 'number' && now !== null) this.deliveryMs = Math.round(now - sent);
     this.stamps.push({ media, capture });
     this.stamps.sort((a, b) => a.media - b.media);
     if (this.stamps.length > GLASS_STAMPS_KEPT) this.stamps.shift();
@@ -98,6 +102,7 @@ export class GlassReadout {
     this.onScreen = null;
     this.upcoming = null;
     this.glassToGlassMs = null;
+    this.deliveryMs = null;
     this.onChange(this);
   }
 

@@ -159,6 +159,7 @@ class SourceBufferQueue {
  *   unsupportedMime: the stream's mime type while MSE cannot play it, else null
  *   behindLive: seconds between the playhead and the live edge (see LatencyClock), or null
  *   glassToGlassMs: the latency readout (see GlassReadout), or null
+ *   deliveryMs: from the server's broadcast to this page's socket (the latest stamp's), or null
  *   reconnects, appendedBytes, autoplayRefused
  */
 export class MsePlayer {
@@ -173,6 +174,7 @@ export class MsePlayer {
       unsupportedMime: null,
       behindLive: null,
       glassToGlassMs: null,
+      deliveryMs: null,
       reconnects: 0,
       appendedBytes: 0,
       autoplayRefused: false,
@@ -182,6 +184,7 @@ export class MsePlayer {
     this.readout = new GlassReadout(video, null);
     this.readout.onChange = (readout) => {
       this.state.glassToGlassMs = readout.glassToGlassMs;
+      this.state.deliveryMs = readout.deliveryMs;
       this.changed();
     };
     this.socket = null;

@@ -21,6 +21,7 @@ const lenscast = {
   audioOnly: false,
   behindLive: null, // seconds between the playhead and the end of what we have
   glassToGlassMs: null, // the latency readout: camera (or server, for the demo) to this screen
+  deliveryMs: null, // of that, from the server's broadcast to this page's socket
   reconnects: 0,
   appendedBytes: 0,
   viewers: null,
@@ -37,6 +38,7 @@ function startMse() {
     lenscast.audioOnly = mse.audioOnly;
     lenscast.behindLive = mse.behindLive;
     lenscast.glassToGlassMs = mse.glassToGlassMs;
+    lenscast.deliveryMs = mse.deliveryMs;
     lenscast.reconnects = mse.reconnects;
     lenscast.appendedBytes = mse.appendedBytes;
     stage.classList.toggle('audio-only', mse.audioOnly);

@@ -15,7 +15,8 @@
 //! - Each keyframe Cluster the pipeline writes carries a [`Stamp`]: the capture time of one
 //!   output media time. Viewers get it as a text message `{"type":"stamp",...}` before the
 //!   Cluster; media time and capture time advance together, so one stamp per Cluster maps
-//!   every frame in it.
+//!   every frame in it. The stamp also says when the server sent it, so the page can tell
+//!   its connection's delay from its player's.
 //! - A viewer page knows when it presents a frame and which media time that frame has, so it
 //!   computes its own latency and reports it (`{"type":"latency","ms":…}`); the server shows
 //!   the viewers' median to the presenter and in `/api/status`.
@@ -104,11 +105,13 @@ pub struct Stamp {
 }
 
 impl Stamp {
+    /// A stamp made as its Cluster goes out (so `sent_ms` is the broadcast time).
     pub fn new(media: MediaTime, capture: WallTime) -> Self {
         let message = serde_json::json!({
             "type": "stamp",
             "media_ms": media.as_nanos() as f64 / 1e6,
             "capture_ms": capture.as_millis(),
+            "sent_ms": WallTime::now().as_millis(),
         })
         .to_string();
         Stamp {

@@ -97,6 +97,9 @@ async fn the_capture_clock_reaches_viewers_and_their_reports_come_back() {
     for _ in 0..3 {
         let stamp = next_of(&mut viewer, "stamp", Duration::from_secs(5)).await;
         ages.push(now_ms() - stamp["capture_ms"].as_f64().unwrap());
+        // Sent as it was broadcast: just now, on the server's clock.
+        let sent_ago = now_ms() - stamp["sent_ms"].as_f64().unwrap();
+        assert!((0.0..1000.0).contains(&sent_ago), "sent {sent_ago} ms ago");
         media.push(stamp["media_ms"].as_f64().unwrap());
     }
     for age in &ages {
