@@ -6,18 +6,19 @@
 //             in one page, with the presenter's recorder settings and the viewer's live-edge
 //             policy (the real client modules), served from a static server in this script;
 //   lenscast  the real server, the presenter page and the viewer page, both with ?clock=1.
-// For both: the first --warmup-seconds after playback starts are dropped, then the stamp ages
+// For both: the first --warmup-seconds (3) after playback starts are dropped, then the stamp ages
 // (clock-stamp.js) and the presented frame rate (requestVideoFrameCallback) are measured for
 // --seconds. The goal is lenscast p50 <= floor + 60 ms, p90 <= floor + 150 ms and fps >= 90 %
 // of the floor's. Figures go to target/bench/latency.json.
 //
 // `--soak-minutes N` (`make soak-latency`): lenscast only, one presenter and one viewer for N
-// minutes, p50 per minute; fails if the last minute's p50 is over 50 ms from the first's.
-// Figures go to target/bench/latency-soak.json.
+// minutes after a 30 s warm-up, p50 per minute; fails if the last minute's p50 is over 50 ms
+// from the first's. Figures go to target/bench/latency-soak.json.
 //
 // Exit status: 0 once measured (whether or not the goal is met: it is a benchmark), 1 when the
 // soak drifted, 2 when it could not measure. Needs target/release/lenscast (or LENSCAST_BIN).
 
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
@@ -53,18 +54,21 @@ function parseOptions() {
     options: {
       runs: { type: 'string', default: '5' },
       seconds: { type: 'string', default: '10' },
-      'warmup-seconds': { type: 'string', default: '3' },
+      'warmup-seconds': { type: 'string' },
       'soak-minutes': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
   if (values.help) {
     console.log(
-      'usage: node tests/browser/latency-bench.mjs [--runs N] [--seconds S] [--warmup-seconds S]\n' +
-        '       node tests/browser/latency-bench.mjs --soak-minutes M [--warmup-seconds S]',
+      'usage: node tests/browser/latency-bench.mjs [--runs 5] [--seconds 10] [--warmup-seconds 3]\n' +
+        '       node tests/browser/latency-bench.mjs --soak-minutes M [--warmup-seconds 30]',
     );
     process.exit(0);
   }
+  // The soak's first minute is its yardstick, so it starts only once the viewer has caught up
+  // with the live edge after joining (at 1.1x speed from up to 3 s behind: up to 30 s).
+  values['warmup-seconds'] ??= values['soak-minutes'] === undefined ? '3' : '30';
   const positive = (name) => {
     const n = Number(values[name]);
     if (!(n > 0)) throw new CouldNotMeasure(`--${name} must be a positive number, not ${values[name]}`);
@@ -79,9 +83,10 @@ function parseOptions() {
 }
 
 /** Serves the floor page and the client modules on 127.0.0.1 (a secure context, so the page
- *  may open the camera) and nothing else. */
+ *  may open the camera) and nothing else. `modules` are the client modules it served. */
 async function serveFloor() {
   const types = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.mjs': 'text/javascript' };
+  const modules = new Set();
   const server = http.createServer(async (req, res) => {
     const { pathname } = new URL(req.url, 'http://127.0.0.1');
     try {
@@ -89,6 +94,7 @@ async function serveFloor() {
       const body = await fs.promises.readFile(path.join(REPO_ROOT, pathname));
       res.writeHead(200, { 'content-type': types[path.extname(pathname)], 'cache-control': 'no-store' });
       res.end(body);
+      if (pathname.startsWith('/client/')) modules.add(path.basename(pathname));
     } catch {
       res.writeHead(404, { 'content-type': 'text/plain' });
       res.end('not found\n');
@@ -97,6 +103,7 @@ async function serveFloor() {
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
   return {
     url: `http://127.0.0.1:${server.address().port}${FLOOR_PAGE}`,
+    modules,
     close: () => new Promise((resolve) => server.close(resolve)),
   };
 }
@@ -150,7 +157,44 @@ function readPage(page, state) {
 
 const median = (values) => percentile([...values].sort((a, b) => a - b), 50) ?? null;
 
-/** The whole machine's CPU time so far (ms, all cores): busy and idle. */
+/** Clock ticks per second in /proc/<pid>/stat. */
+const CLOCK_TICKS = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout) || 100;
+
+/** CPU ms used so far by this process and everything it started (Chromium, lenscast), from
+ *  /proc; null without it. */
+function ownCpuMs() {
+  const children = new Map();
+  const ticks = new Map();
+  try {
+    for (const entry of fs.readdirSync('/proc')) {
+      if (!/^\d+$/.test(entry)) continue;
+      let stat;
+      try {
+        stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      } catch {
+        continue; // it ended meanwhile
+      }
+      // The command name may hold spaces and parentheses: count the fields after its ')'.
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const [ppid, utime, stime] = [fields[1], fields[11], fields[12]].map(Number);
+      ticks.set(Number(entry), utime + stime);
+      if (!children.has(ppid)) children.set(ppid, []);
+      children.get(ppid).push(Number(entry));
+    }
+  } catch {
+    return null;
+  }
+  let total = 0;
+  const stack = [process.pid];
+  while (stack.length) {
+    const pid = stack.pop();
+    total += ticks.get(pid) ?? 0;
+    stack.push(...(children.get(pid) ?? []));
+  }
+  return (total * 1000) / CLOCK_TICKS;
+}
+
+/** CPU time so far (ms): the whole machine's, busy and idle (all cores), and this bench's. */
 function cpuTimes() {
   let busy = 0;
   let idle = 0;
@@ -158,18 +202,22 @@ function cpuTimes() {
     busy += times.user + times.nice + times.sys + times.irq;
     idle += times.idle;
   }
-  return { busy, idle };
+  return { busy, idle, own: ownCpuMs() };
 }
 
-/** The share of the machine's CPU time that was busy since `before` (a `cpuTimes()`). */
-function cpuBusySince(before) {
+/** Since `before` (a `cpuTimes()`): the shares of the machine's CPU time that were busy, and
+ *  that this bench used (null if unknown). The rest of the busy share is someone else's. */
+function cpuSince(before) {
   const now = cpuTimes();
-  const busy = now.busy - before.busy;
-  return busy / (busy + now.idle - before.idle);
+  const total = now.busy - before.busy + now.idle - before.idle;
+  return {
+    busy: (now.busy - before.busy) / total,
+    ours: now.own === null || before.own === null ? null : (now.own - before.own) / total,
+  };
 }
 
 /** The stamp ages' percentiles and the rest of a window's figures. */
-function summarize(ages, { seconds, fps, behindLive, catchingUp, readouts, reconnects, cpuBusy }) {
+function summarize(ages, { seconds, fps, behindLive, catchingUp, readouts, reconnects, cpu }) {
   const sorted = [...ages].sort((a, b) => a - b);
   return {
     seconds,
@@ -184,8 +232,9 @@ function summarize(ages, { seconds, fps, behindLive, catchingUp, readouts, recon
     catching_up: catchingUp.filter(Boolean).length / Math.max(1, catchingUp.length),
     readout_p50_ms: readouts.length ? median(readouts) : null,
     reconnects,
-    // The whole machine, not only this bench: it is shared.
-    cpu_busy: cpuBusy,
+    // The machine is shared: how busy it was, and how much of that was this bench.
+    cpu_busy: cpu.busy,
+    cpu_ours: cpu.ours,
     samples_ms: ages,
   };
 }
@@ -215,7 +264,7 @@ async function measureWindow(page, state, seconds) {
     catchingUp,
     readouts,
     reconnects: last.reconnects - first.reconnects,
-    cpuBusy: cpuBusySince(cpuBefore),
+    cpu: cpuSince(cpuBefore),
   });
 }
 
@@ -301,17 +350,33 @@ async function broadcastFigures({ server, presenter, viewer }) {
   };
 }
 
+/**
+ * The floor page's client modules (`modules`, from the working tree) that the lenscast binary
+ * serves otherwise: it embeds client/ when it is built, so an older build runs other code than
+ * the floor, and the comparison is not like for like.
+ */
+async function modulesDifferingFrom(server, modules) {
+  const differing = [];
+  for (const name of modules) {
+    const response = await fetch(new URL(name, server.url));
+    const served = response.ok ? await response.text() : null;
+    if (served !== fs.readFileSync(path.join(REPO_ROOT, 'client', name), 'utf8')) differing.push(name);
+  }
+  return differing;
+}
+
 /** The viewer's state and the server's output, for a failure message. */
 async function describeBroadcast({ viewer, server }) {
   return `\n--- viewer ---\n${await describe(viewer)}\n--- server output ---\n${server.log()}`;
 }
 
 /** lenscast: the real server, presenter and viewer. */
-async function measureLenscast(context, options) {
+async function measureLenscast(context, options, floorModules) {
   const broadcast = await startBroadcast(context, options.warmupSeconds);
   try {
     const result = await measureWindow(broadcast.viewer, 'lenscast', options.seconds);
-    return { ...result, ...(await broadcastFigures(broadcast)) };
+    const differing = await modulesDifferingFrom(broadcast.server, floorModules);
+    return { ...result, ...(await broadcastFigures(broadcast)), client_differs_from_floor: differing };
   } catch (err) {
     err.message += await describeBroadcast(broadcast);
     throw err;
@@ -341,6 +406,7 @@ const loadavg = () => os.loadavg().map((l) => Number(l.toFixed(2)));
 const ms = (v) => (v === null || v === undefined ? '–' : String(Math.round(v)));
 const signed = (v) => (v > 0 ? `+${Math.round(v)}` : String(Math.round(v)));
 const fps = (v) => (v === null ? '–' : v.toFixed(1));
+const pct = (v) => (v === null ? '–' : `${Math.round(v * 100)}%`);
 const cells = (widths, values) => values.map((v, i) => String(v).padEnd(widths[i])).join(' ').trimEnd();
 
 function writeJson(name, figures) {
@@ -374,7 +440,7 @@ async function bench(options, cameraArgs) {
           result[what] =
             what === 'floor'
               ? await measureFloor(browser.context, floorServer.url, options)
-              : await measureLenscast(browser.context, options);
+              : await measureLenscast(browser.context, options, floorServer.modules);
           checkSamples(what, result[what]);
         }
       } finally {
@@ -425,16 +491,20 @@ function printRun({ run, order, floor, lenscast, diff, load_at_start: load }) {
   );
   // The rest, floor / lenscast: enough to tell a slow run from a noisy machine.
   const both = (f) => `${f(floor)}/${f(lenscast)}`;
-  const pct = (v) => `${Math.round(v * 100)}%`;
   console.log(
     `     n ${both((r) => r.n)}; behind live ${both((r) => r.behind_live_p50_s?.toFixed(2))} s; catching up ` +
-      `${both((r) => pct(r.catching_up))}; machine CPU busy ${both((r) => pct(r.cpu_busy))}; load ${load.join(' ')}`,
+      `${both((r) => pct(r.catching_up))}; CPU busy ${both((r) => pct(r.cpu_busy))} (ours ` +
+      `${both((r) => pct(r.cpu_ours))}); load ${load.join(' ')}`,
   );
   console.log(
     `     lenscast: readout p50 ${ms(lenscast.readout_p50_ms)} ms; server fps in/out ` +
       `${fps(lenscast.server_fps_in)}/${fps(lenscast.server_fps_out)}, latency p50 ` +
       `${ms(lenscast.server_latency_ms_p50)} ms; recorded ${lenscast.presenter_mime} (floor ${floor.mime})`,
   );
+  const differing = lenscast.client_differs_from_floor;
+  if (differing.length) {
+    console.log(`     WARNING: the binary serves another ${differing.join(', ')} than the floor's (rebuild it)`);
+  }
 }
 
 function printSummary(runs, loadStart, loadEnd) {
@@ -484,7 +554,8 @@ async function soak(options, cameraArgs) {
           `minute ${minute.minute}: p50 ${ms(minute.p50_ms)} ms p90 ${ms(minute.p90_ms)} ms n ${minute.n}; ` +
             `fps ${fps(minute.fps)}; readout p50 ${ms(minute.readout_p50_ms)} ms; behind live ` +
             `${minute.behind_live_p50_s?.toFixed(2)} s; reconnects ${minute.reconnects}; presenter ` +
-            `${minute.presenter_state}; CPU busy ${Math.round(minute.cpu_busy * 100)}%; load ${minute.load.join(' ')}`,
+            `${minute.presenter_state}; CPU busy ${pct(minute.cpu_busy)} (ours ${pct(minute.cpu_ours)}); load ` +
+            `${minute.load.join(' ')}`,
         );
       }
     } catch (err) {
