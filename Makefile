@@ -17,7 +17,7 @@ ARGS ?=
 BIN := target/release/lenscast
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps apt npm build lint bench fixtures clean fuzz fuzz-smoke fuzz-tools
+.PHONY: run test deps apt npm build lint bench bench-latency soak-latency fixtures clean fuzz fuzz-smoke fuzz-tools
 
 ## run: install what is missing, build, and serve the built-in demo (URLs are printed).
 run: deps build
@@ -69,6 +69,19 @@ bench: deps build
 	$(MAKE) apt APT_PACKAGES="$(BENCH_PACKAGES)"
 	ulimit -n 65536 2>/dev/null || ulimit -n $$(ulimit -Hn)
 	cargo bench --bench fanout -- --server $(BIN) $(BENCH_ARGS)
+
+## bench-latency: glass-to-glass latency of lenscast (presenter page -> server -> viewer page,
+## headless Chromium, fake camera) against the browser's floor (the same recorder, MSE and
+## live-edge policy in one page), 5 runs of 10 s: stamp age p50/p90 and presented fps
+## (results in target/bench/latency.json). e.g. LATENCY_ARGS="--runs 1 --seconds 5".
+bench-latency: deps build
+	LENSCAST_BIN=$(CURDIR)/$(BIN) node tests/browser/latency-bench.mjs $(LATENCY_ARGS)
+
+## soak-latency: one presenter and one viewer for 30 minutes, stamp age p50 per minute; fails
+## if the last minute's p50 is over 50 ms from the first's (target/bench/latency-soak.json).
+## e.g. LATENCY_ARGS="--soak-minutes 2".
+soak-latency: deps build
+	LENSCAST_BIN=$(CURDIR)/$(BIN) node tests/browser/latency-bench.mjs --soak-minutes 30 $(LATENCY_ARGS)
 
 # Fuzzing (cargo-fuzz, libFuzzer) of the EBML reader, the remuxer and the whole ingest path,
 # on crates/lenscast-webm alone (no FFmpeg/OpenCV, so it builds in seconds). The nightly
