@@ -1,7 +1,7 @@
 // The browser's floor for glass-to-glass latency (tests/browser/latency-bench.mjs): what the
 // presenter and viewer pages do with a stamped picture (?clock=1 on both), in one page and with
-// nothing in between. Camera -> stamped canvas -> MediaRecorder with the presenter's settings ->
-// every chunk straight into an MSE SourceBuffer -> a <video> kept near the live edge by the
+// nothing in between. Camera -> stamped canvas (+ the microphone, if any) -> MediaRecorder with
+// the presenter's settings -> every chunk straight into an MSE SourceBuffer -> a <video> kept near the live edge by the
 // viewer's LatencyClock -> the stamps read back off the <video> as the viewer page reads them.
 // lenscast adds the upload, the server and the viewer's socket to this and can take nothing
 // away. The real client modules are imported so that the floor cannot drift from the product.
@@ -10,14 +10,13 @@ import { readStamps, stampedCanvas } from '../../client/clock-stamp.js';
 import {
   CLOCK_FPS,
   KEYFRAME_INTERVAL_MS,
+  RECORDER_MIMES,
   TICK_MS,
   TIMESLICE_MS,
   VIDEO_BITS_PER_SECOND,
 } from '../../client/constants.js';
 import { LatencyClock } from '../../client/latency-clock.js';
 
-/** What the presenter records from the stamped canvas when there is no microphone. */
-const RECORDER_MIME = 'video/webm;codecs=vp8';
 /** How long the camera may take to show its first frame. */
 const CAMERA_TIMEOUT_MS = 10000;
 
@@ -65,8 +64,18 @@ function until(ready, timeoutMs, what) {
   });
 }
 
-/** A SourceBuffer for the recording, attached to `video`. */
-function openSourceBuffer() {
+/** The presenter's recorder mime type (publisher.js's rule): its first choice that this browser
+ *  records, with opus only when there is a microphone. The floor takes no browser default, which
+ *  MSE might not know: it needs a mime type for the SourceBuffer. */
+function chooseMime(hasAudio) {
+  const usable = RECORDER_MIMES.filter((mime) => /codecs=/.test(mime) && (hasAudio || !mime.includes('opus')));
+  const mime = usable.find((m) => MediaRecorder.isTypeSupported(m) && MediaSource.isTypeSupported(m));
+  if (!mime) throw new Error('no recorder mime type that MSE plays');
+  return mime;
+}
+
+/** A SourceBuffer for `mime`, attached to `video`. */
+function openSourceBuffer(mime) {
   const mediaSource = new MediaSource();
   video.src = URL.createObjectURL(mediaSource);
   return new Promise((resolve, reject) => {
@@ -75,7 +84,7 @@ function openSourceBuffer() {
       () => {
         URL.revokeObjectURL(video.src);
         try {
-          const sourceBuffer = mediaSource.addSourceBuffer(RECORDER_MIME);
+          const sourceBuffer = mediaSource.addSourceBuffer(mime);
           // As the viewer does: the recorder's timestamps only move forward.
           sourceBuffer.mode = 'segments';
           resolve(sourceBuffer);
@@ -90,9 +99,9 @@ function openSourceBuffer() {
 
 /** Records `stream` as the presenter does and appends every chunk as soon as it is handed over.
  *  (Nothing played is ever removed: a bench window is far below the SourceBuffer's quota.) */
-function record(stream, sourceBuffer) {
+function record(stream, mime, sourceBuffer) {
   const recorder = new MediaRecorder(stream, {
-    mimeType: RECORDER_MIME,
+    mimeType: mime,
     videoBitsPerSecond: VIDEO_BITS_PER_SECOND,
     videoKeyFrameIntervalDuration: KEYFRAME_INTERVAL_MS,
   });
@@ -121,7 +130,7 @@ function record(stream, sourceBuffer) {
   };
   recorder.onerror = (event) => fail(`recorder error: ${event.error?.message}`);
   recorder.start(TIMESLICE_MS);
-  floor.mime = recorder.mimeType || RECORDER_MIME;
+  floor.mime = recorder.mimeType || mime;
 }
 
 /** Chrome does not play across a gap in the buffer, and stops a few frames before one: a stall
@@ -158,15 +167,29 @@ function followLiveEdge() {
   }, TICK_MS);
 }
 
+/** The camera and, if there is one, the microphone, asked for as the presenter page does. */
+async function openCamera() {
+  const video = { width: 640, height: 480 };
+  try {
+    return await navigator.mediaDevices.getUserMedia({ video, audio: true });
+  } catch {
+    return navigator.mediaDevices.getUserMedia({ video });
+  }
+}
+
 async function start() {
-  // The presenter page's camera request, without the microphone (see RECORDER_MIME).
-  camera.srcObject = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 } });
+  const devices = await openCamera();
+  camera.srcObject = devices;
   const canvas = stampedCanvas(camera);
   // Record once the canvas has the camera's size (it is resized as it first draws a frame), so
   // the recording does not start with the blank canvas's 300 x 150.
   await until(() => camera.videoWidth > 0 && canvas.width === camera.videoWidth, CAMERA_TIMEOUT_MS, 'camera frame');
-  const sourceBuffer = await openSourceBuffer();
-  record(canvas.captureStream(CLOCK_FPS), sourceBuffer);
+  // What the presenter records in clock mode: the stamped canvas and the microphone. The sound
+  // matters: MSE plays audio and video later than video alone.
+  const audio = devices.getAudioTracks();
+  const mime = chooseMime(audio.length > 0);
+  const sourceBuffer = await openSourceBuffer(mime);
+  record(new MediaStream([...canvas.captureStream(CLOCK_FPS).getVideoTracks(), ...audio]), mime, sourceBuffer);
   setState('recording');
   followLiveEdge();
   floor.stampAgesMs = readStamps(video);

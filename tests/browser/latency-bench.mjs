@@ -1,7 +1,8 @@
 // Glass-to-glass latency of lenscast against the browser's own floor, in one run (issue 8):
 // `make bench-latency` or `node tests/browser/latency-bench.mjs [--runs 5] [--seconds 10]`.
 //
-// Each run measures, one after the other in the same headless Chromium with the fake camera:
+// Each run measures, one after the other in the same headless Chromium with the fake camera and
+// microphone (`--no-audio`: no microphone, so both record video alone):
 //   floor     tests/browser/floor.html: camera -> stamped canvas -> MediaRecorder -> MSE -> <video>
 //             in one page, with the presenter's recorder settings and the viewer's live-edge
 //             policy (the real client modules), served from a static server in this script;
@@ -56,13 +57,14 @@ function parseOptions() {
       seconds: { type: 'string', default: '10' },
       'warmup-seconds': { type: 'string' },
       'soak-minutes': { type: 'string' },
+      'no-audio': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h' },
     },
   });
   if (values.help) {
     console.log(
-      'usage: node tests/browser/latency-bench.mjs [--runs 5] [--seconds 10] [--warmup-seconds 3]\n' +
-        '       node tests/browser/latency-bench.mjs --soak-minutes M [--warmup-seconds 30]',
+      'usage: node tests/browser/latency-bench.mjs [--runs 5] [--seconds 10] [--warmup-seconds 3] [--no-audio]\n' +
+        '       node tests/browser/latency-bench.mjs --soak-minutes M [--warmup-seconds 30] [--no-audio]',
     );
     process.exit(0);
   }
@@ -79,6 +81,7 @@ function parseOptions() {
     seconds: positive('seconds'),
     warmupSeconds: positive('warmup-seconds'),
     soakMinutes: values['soak-minutes'] === undefined ? null : positive('soak-minutes'),
+    noAudio: values['no-audio'],
   };
 }
 
@@ -268,6 +271,24 @@ async function measureWindow(page, state, seconds) {
   });
 }
 
+/** Runs in every page with --no-audio: the browser has no microphone, so the presenter page and
+ *  the floor record video alone, as for a presenter without one. */
+function withoutMicrophone() {
+  const getUserMedia = navigator.mediaDevices?.getUserMedia?.bind(navigator.mediaDevices);
+  if (!getUserMedia) return;
+  navigator.mediaDevices.getUserMedia = (constraints) =>
+    constraints?.audio
+      ? Promise.reject(new DOMException('no microphone (--no-audio)', 'NotFoundError'))
+      : getUserMedia(constraints);
+}
+
+/** Chromium with the fake camera (and, unless --no-audio, its fake microphone). */
+async function launch(cameraArgs, options) {
+  const browser = await launchBrowser({ args: cameraArgs });
+  if (options.noAudio) await browser.context.addInitScript(withoutMicrophone);
+  return browser;
+}
+
 /** Waits for playback, counts frames from then on, and lets the warm-up pass. */
 async function warmUp(page, warmupSeconds) {
   await waitForPlayback(page, 0, 30000);
@@ -433,7 +454,7 @@ async function bench(options, cameraArgs) {
       // Alternate the order, so whatever the first measurement of a run pays is shared.
       const order = run % 2 ? ['floor', 'lenscast'] : ['lenscast', 'floor'];
       const load = loadavg();
-      const browser = await launchBrowser({ args: cameraArgs });
+      const browser = await launch(cameraArgs, options);
       const result = { run, order, load_at_start: load };
       try {
         for (const what of order) {
@@ -501,6 +522,9 @@ function printRun({ run, order, floor, lenscast, diff, load_at_start: load }) {
       `${fps(lenscast.server_fps_in)}/${fps(lenscast.server_fps_out)}, latency p50 ` +
       `${ms(lenscast.server_latency_ms_p50)} ms; recorded ${lenscast.presenter_mime} (floor ${floor.mime})`,
   );
+  if (floor.mime !== lenscast.presenter_mime) {
+    console.log(`     WARNING: the floor recorded ${floor.mime}, the presenter ${lenscast.presenter_mime}`);
+  }
   const differing = lenscast.client_differs_from_floor;
   if (differing.length) {
     console.log(`     WARNING: the binary serves another ${differing.join(', ')} than the floor's (rebuild it)`);
@@ -538,7 +562,7 @@ async function soak(options, cameraArgs) {
     `latency soak: lenscast for ${options.soakMinutes} min after ${options.warmupSeconds} s warm-up; ` +
       `${os.cpus().length} CPUs, load ${loadStart.join(' ')}`,
   );
-  const browser = await launchBrowser({ args: cameraArgs });
+  const browser = await launch(cameraArgs, options);
   const minutes = [];
   try {
     const broadcast = await startBroadcast(browser.context, options.warmupSeconds);
