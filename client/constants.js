@@ -142,14 +142,20 @@ export const BACKOFF_MAX_MS = 10000;
 
 // ## The viewer: latency clock (live-edge policy)
 
-/** Seconds behind the live edge after which the player jumps instead of catching up. */
-export const JUMP_BEHIND = 3;
+/** Seconds behind the live edge after which the player jumps instead of catching up (at 10%
+ *  faster, 1.5 s takes 15 s to make up). */
+export const JUMP_BEHIND = 1.5;
+/** When playback starts (a join, a reconnect), more than this behind (seconds) jumps at once. */
+export const START_BEHIND = 0.4;
 /** Where a jump lands, in seconds behind the live edge. */
-export const JUMP_TARGET = 0.3;
-/** Further behind than this (seconds), play slightly faster... */
-export const CATCH_UP_BEHIND = 0.5;
-/** ...until closer than this. */
-export const CAUGHT_UP_BEHIND = 0.25;
+export const JUMP_TARGET = 0.2;
+/** Seconds the player keeps in hand at its lowest (just before new media arrives): room for
+ *  jitter. More than this (plus the hysteresis) is spent by playing slightly faster. */
+export const LIVE_SLACK = 0.06;
+/** Slack above LIVE_SLACK that is tolerated before speeding up, so the rate does not flip. */
+export const LIVE_SLACK_HYSTERESIS = 0.04;
+/** The slack is the least in hand over this long (ms): long enough to see the worst gap. */
+export const SLACK_WINDOW_MS = 3000;
 /** Gentle enough that the change in audio pitch is barely audible. */
 export const CATCH_UP_RATE = 1.1;
 
@@ -190,8 +196,9 @@ export const CLOCK_SYNC_EVERY_MS = 5000;
 export const CLOCK_SYNC_KEPT = 12;
 /** How often the readout takes the age of the picture on screen. */
 export const GLASS_SAMPLE_EVERY_MS = 100;
-/** How often the readout (window.lenscast.glassToGlassMs) is updated. */
-export const GLASS_READOUT_EVERY_MS = 1000;
+/** How often the readout (window.lenscast.glassToGlassMs) is updated, to the median of the
+ *  samples since: short, so that it follows a player catching up rather than lagging it. */
+export const GLASS_READOUT_EVERY_MS = 500;
 /** How often a viewer page reports its readout to the server (for the presenter's figure). */
 export const GLASS_REPORT_EVERY_MS = 2000;
 /** Capture stamps a viewer keeps (one per keyframe Cluster). */

@@ -5,8 +5,8 @@
 // the server's clock (see src/latency.rs). Media time and capture time advance together, so any
 // frame's capture time follows from the latest stamp. When the page presents a frame it knows the
 // frame's media time and when it is shown; every GLASS_SAMPLE_EVERY_MS it takes the age of the
-// picture on screen, on the server's clock (ServerClock), and the readout is the median of a
-// second of those.
+// picture on screen, on the server's clock (ServerClock), and the readout is the median of
+// those since its last update.
 
 import { GLASS_READOUT_EVERY_MS, GLASS_SAMPLE_EVERY_MS, GLASS_STAMPS_KEPT } from './constants.js';
 
@@ -26,7 +26,7 @@ export class GlassReadout {
     this.samples = []; // ages of the picture on screen since the last update
     this.onScreen = null; // { capture, at }: the frame on screen (at: performance.now() ms)
     this.upcoming = null; // the frame presented next, until its display time comes
-    /** The latest estimate in ms (the median over the last second); null when unknown. */
+    /** The latest estimate in ms (the median over the last update period); null when unknown. */
     this.glassToGlassMs = null;
     /** From the server's broadcast to this page's socket, ms (the latest stamp's). */
     this.deliveryMs = null;

@@ -1,8 +1,25 @@
 // How far behind live the MSE player is, and the policy that keeps it close: play a little faster
-// when it falls behind, jump when it falls far behind. The live edge is the end of what the
-// SourceBuffer holds: the server sends media as soon as it has it, so nothing newer exists yet.
+// while it has more in hand than it needs, jump when it falls far behind. The live edge is the
+// end of what the SourceBuffer holds: the server sends media as soon as it has it, so nothing
+// newer exists yet.
+//
+// How much it needs in hand depends on how unevenly media arrives (the presenter's recorder
+// hands over a chunk every 100 ms; networks and the server add jitter), so the clock measures
+// it instead of guessing: the slack is the least the player had in hand over the last few
+// seconds, sampled just before each append (the moment it is lowest) and on every tick. Slack
+// above LIVE_SLACK is latency for nothing, and playing 10% faster spends it; a player that ran
+// dry (a stall) has more in hand afterwards and keeps it until a few calm seconds show it is
+// not needed.
 
-import { CATCH_UP_BEHIND, CATCH_UP_RATE, CAUGHT_UP_BEHIND, JUMP_BEHIND, JUMP_TARGET } from './constants.js';
+import {
+  CATCH_UP_RATE,
+  JUMP_BEHIND,
+  JUMP_TARGET,
+  START_BEHIND,
+  LIVE_SLACK,
+  LIVE_SLACK_HYSTERESIS,
+  SLACK_WINDOW_MS,
+} from './constants.js';
 
 /** Measures and steers one video element's distance from the live edge. */
 export class LatencyClock {
@@ -11,26 +28,53 @@ export class LatencyClock {
     this.video = video;
     /** Seconds between the playhead and the end of what is buffered; null when unknown. */
     this.behindLive = null;
+    this.samples = []; // { at: performance.now() ms, behind: seconds }, oldest first
+    this.playing = false; // false until playback starts on this stream
+  }
+
+  /** Notes how much the player has in hand (seconds); the least over SLACK_WINDOW_MS is the slack. */
+  note(behind) {
+    const now = performance.now();
+    this.samples.push({ at: now, behind });
+    while (this.samples[0].at < now - SLACK_WINDOW_MS) this.samples.shift();
+  }
+
+  /** The least the player had in hand lately, in seconds; null before a full window. */
+  get slack() {
+    if (!this.samples.length || this.samples[0].at > performance.now() - SLACK_WINDOW_MS / 2) return null;
+    return Math.min(...this.samples.map((s) => s.behind));
   }
 
   /** Measures `buffered` (non-empty) against the playhead, then jumps or changes speed. */
   follow(buffered) {
     const video = this.video;
     const end = buffered.end(buffered.length - 1);
-    if (end - video.currentTime > JUMP_BEHIND) {
+    // A viewer joins at the last keyframe, up to a keyframe interval behind: rather than
+    // catching up for seconds, it starts near the edge (the browser decodes its way there).
+    const starting = !this.playing && !video.paused && !video.seeking;
+    if (starting) this.playing = true;
+    const limit = starting ? START_BEHIND : JUMP_BEHIND;
+    if (end - video.currentTime > limit) {
       console.info(`lenscast: ${(end - video.currentTime).toFixed(1)} s behind, jumping to live`);
       video.currentTime = end - JUMP_TARGET;
       video.playbackRate = 1;
+      this.samples = [];
     }
     const behind = end - video.currentTime;
     this.behindLive = Math.max(0, behind);
+    if (video.paused || video.seeking) return;
+    this.note(behind);
+    const slack = this.slack;
+    if (slack === null) return;
     // Two thresholds, so the rate does not flip back and forth around one.
-    if (behind > CATCH_UP_BEHIND) video.playbackRate = CATCH_UP_RATE;
-    else if (behind < CAUGHT_UP_BEHIND) video.playbackRate = 1;
+    if (slack > LIVE_SLACK + LIVE_SLACK_HYSTERESIS) video.playbackRate = CATCH_UP_RATE;
+    else if (slack <= LIVE_SLACK) video.playbackRate = 1;
   }
 
   /** Forgets the figure: what is buffered now belongs to a stream that is gone. */
   reset() {
     this.behindLive = null;
+    this.samples = [];
+    this.playing = false;
   }
 }

@@ -34,12 +34,14 @@ export function whyNoMse() {
 /** One MediaSource + SourceBuffer for one mime type. Replaced when the mime type changes. */
 class SourceBufferQueue {
   /** Attaches a new MediaSource to `video`; `onFatal(why)` when it cannot go on,
-   *  `onAppended(byteCount)` after every append. */
-  constructor(video, mime, { onFatal, onAppended }) {
+   *  `onAppended(byteCount)` after every append, `beforeMedia(secondsInHand)` just before
+   *  media is appended (when the player has least in hand). */
+  constructor(video, mime, { onFatal, onAppended, beforeMedia }) {
     this.video = video;
     this.mime = mime;
     this.onFatal = onFatal;
     this.onAppended = onAppended;
+    this.beforeMedia = beforeMedia;
     this.pending = []; // { init: bool, bytes: Uint8Array }, waiting for the SourceBuffer
     this.pendingBytes = 0;
     this.removeRange = null; // [start, end] to remove before the next append
@@ -104,6 +106,7 @@ class SourceBufferQueue {
     try {
       // A new init segment starts a new stream: forget any half-parsed Cluster first.
       if (op.init) sb.abort();
+      else if (sb.buffered.length) this.beforeMedia(sb.buffered.end(sb.buffered.length - 1) - this.video.currentTime);
       sb.appendBuffer(op.bytes);
     } catch (err) {
       this.pending.unshift(op);
@@ -266,6 +269,7 @@ export class MsePlayer {
       this.queue = new SourceBufferQueue(this.video, mime, {
         onFatal: (why) => this.reconnect(why),
         onAppended: (byteCount) => (state.appendedBytes += byteCount),
+        beforeMedia: (inHand) => !this.video.paused && !this.video.seeking && this.clock.note(inHand),
       });
     }
     this.expectInit = true;
