@@ -107,7 +107,10 @@ async function serveFloor() {
   return {
     url: `http://127.0.0.1:${server.address().port}${FLOOR_PAGE}`,
     modules,
-    close: () => new Promise((resolve) => server.close(resolve)),
+    close: () => {
+      server.closeAllConnections(); // Chromium's idle keep-alive sockets would hold close() up
+      return new Promise((resolve) => server.close(resolve));
+    },
   };
 }
 
