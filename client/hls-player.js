@@ -10,8 +10,11 @@ import {
   HLS_PLAYLIST,
   HLS_RETRY_MAX_MS,
   HLS_RETRY_MIN_MS,
+  CLOCK_SYNC_EVERY_MS,
+  STATUS_PATH,
   TICK_MS,
 } from './constants.js';
+import { ServerClock } from './server-clock.js';
 
 /**
  * Plays the HLS mirror in `video`: with hls.js where it works, natively where only that does.
@@ -24,6 +27,10 @@ import {
  *     edgeLatency without dates
  *   edgeLatency: seconds behind the newest end of the playlist, as the player estimates it
  *   buffered: seconds of media ahead of the playhead
+ *   shownDateMs: the PROGRAM-DATE-TIME of the picture on screen (ms; server clock), or null
+ *   glassToGlassMs: the latency readout: the age of the picture on screen on the server's clock
+ *     (synced over /api/status, so right whatever this machine's clock says), plus the part
+ *     before the mirror (capture to arrival, arrival to broadcast, from /api/status); or null
  *   recoveries, error, autoplayRefused
  */
 export function playHls(video, onChange = () => {}) {
@@ -33,6 +40,15 @@ export function playHls(video, onChange = () => {}) {
     behindLive: null,
     edgeLatency: null,
     buffered: null,
+    // These two are worked out when read, so that they are as fresh as the clock they read.
+    get shownDateMs() {
+      return shownDate();
+    },
+    get glassToGlassMs() {
+      const now = clock.toServer(Date.now());
+      const shown = shownDate();
+      return now === null || shown === null || video.paused ? null : Math.round(now - shown + upstreamMs);
+    },
     recoveries: 0,
     error: null,
     autoplayRefused: false,
@@ -105,8 +121,25 @@ export function playHls(video, onChange = () => {}) {
     video.src = HLS_PLAYLIST;
   }
 
-  /** Seconds from the picture on screen to now, by PROGRAM-DATE-TIME; null without dates. */
-  function secondsSinceShown() {
+  // The server's clock, from /api/status (HLS has no socket to ping over), and the latency
+  // before the mirror that the playlist's dates do not see.
+  const clock = new ServerClock(() => {});
+  let upstreamMs = 0;
+  async function syncClock() {
+    const sent = Date.now();
+    try {
+      const response = await fetch(STATUS_PATH, { cache: 'no-store' });
+      const status = await response.json();
+      clock.onPong({ t: sent, server_ms: status.server_ms });
+      const latency = status.latency ?? {};
+      upstreamMs = (latency.capture_to_arrival_ms_p50 ?? 0) + (latency.arrival_to_broadcast_ms_p50 ?? 0);
+    } catch {
+      // The server is away: keep the last estimate.
+    }
+  }
+
+  /** The PROGRAM-DATE-TIME of the picture on screen, ms; null without dates. */
+  function shownDate() {
     let shown = null;
     if (hls) {
       shown = hls.playingDate?.getTime() ?? null;
@@ -115,6 +148,12 @@ export function playHls(video, onChange = () => {}) {
       const start = video.getStartDate().getTime();
       if (Number.isFinite(start)) shown = start + video.currentTime * 1000;
     }
+    return shown;
+  }
+
+  /** Seconds from the picture on screen to now, by PROGRAM-DATE-TIME; null without dates. */
+  function secondsSinceShown() {
+    const shown = shownDate();
     return shown === null ? null : Math.max(0, (Date.now() - shown) / 1000);
   }
 
@@ -154,6 +193,8 @@ export function playHls(video, onChange = () => {}) {
       return;
     }
     setInterval(measure, TICK_MS);
+    syncClock();
+    setInterval(syncClock, CLOCK_SYNC_EVERY_MS);
   })();
   return state;
 }

@@ -82,7 +82,7 @@ function renderStatus() {
     parts.push(`${lenscast.viewers} viewer${lenscast.viewers === 1 ? '' : 's'}`);
   }
   if (lenscast.glassToGlassMs != null) parts.push(`${lenscast.glassToGlassMs} ms glass to glass`);
-  else if (lenscast.behindLive != null) parts.push(`${lenscast.behindLive.toFixed(1)} s behind live`);
+  if (lenscast.behindLive != null) parts.push(`${lenscast.behindLive.toFixed(1)} s behind live`);
   if (lenscast.audioOnly) parts.push('audio only');
   statusLine.textContent = parts.join(' · ');
 }
@@ -105,6 +105,7 @@ function startHls(why) {
   lenscast.hls = playHls(video, (hls) => {
     lenscast.state = hls.state;
     lenscast.behindLive = hls.behindLive;
+    lenscast.glassToGlassMs = hls.glassToGlassMs;
     playOverlay.hidden = !hls.autoplayRefused;
     showMessage(hls.state === 'unsupported' ? hls.error : null);
     renderStatus();

@@ -117,6 +117,8 @@ impl App {
             "arrival_to_broadcast_ms_p99": pipeline.as_ref().map(|p| p.latency_ms_p99),
             "viewers": self.latency.summary(),
         });
+        // The server's clock, for pages without a WebSocket (HLS) to sync to (see latency.rs).
+        status["server_ms"] = crate::latency::WallTime::now().as_millis().into();
         status
     }
 }

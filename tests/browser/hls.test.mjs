@@ -198,3 +198,39 @@ test('hls.js: how far behind live it plays with 1 s segments', { timeout: 120000
     assert.ok(p50 < LATENCY_LIMIT_S, `behind live p50 ${p50} s\n${await describe(page)}`);
   });
 });
+
+test('hls.js: the latency readout holds when the page\'s clock is 5 s off', { timeout: 120000 }, async () => {
+  await withAnnotatingServer(async (server, context) => {
+    // The page's Date.now() runs 5 s fast, as on a machine with a wrong clock.
+    await context.addInitScript(() => {
+      const realNow = Date.now.bind(Date);
+      Date.now = () => realNow() + 5000;
+    });
+    await waitForFullPlaylist(server);
+    const page = await openViewer(context, `${server.url}hls.html`);
+    await waitForPlayback(page, 1, START_TIMEOUT_MS);
+    const pairs = [];
+    for (let waited = 0; waited < 6000; waited += 500) {
+      await sleep(500);
+      // The truth: the age of the picture on screen by the real clock (this machine runs the
+      // server too), plus what the server says came before the mirror.
+      const sample = await page.evaluate(() => ({
+        readout: window.lenscastHls.glassToGlassMs,
+        age: performance.timeOrigin + performance.now() - window.lenscastHls.shownDateMs,
+        naive: window.lenscastHls.behindLive,
+      }));
+      if (sample.readout !== null) pairs.push(sample);
+    }
+    const latency = (await fetchStatus(server)).latency;
+    const upstream = (latency.capture_to_arrival_ms_p50 ?? 0) + (latency.arrival_to_broadcast_ms_p50 ?? 0);
+    const readout = percentile(pairs.map((p) => p.readout).sort((a, b) => a - b), 50);
+    const truth = percentile(pairs.map((p) => p.age + upstream).sort((a, b) => a - b), 50);
+    const naive = percentile(pairs.map((p) => p.naive).sort((a, b) => a - b), 50);
+    console.log(`hls readout p50 ${readout} ms, truth ${truth?.toFixed(0)} ms, the page's own clock says ${naive?.toFixed(1)} s`);
+    assert.ok(pairs.length >= 8, `only ${pairs.length} readouts\n${await describe(page)}`);
+    // The skew is in force (the page's own figure is 5 s off), and the readout is not fooled.
+    assert.ok(naive > 4.5, `the page's clock is not skewed: ${naive} s`);
+    assert.ok(Math.abs(readout - truth) <= 100, `readout ${readout} ms, truth ${truth} ms`);
+    assert.match(await page.textContent('#status'), /\d+ ms glass to glass/);
+  });
+});
