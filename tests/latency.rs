@@ -46,6 +46,24 @@ async fn next_of(socket: &mut Socket, kind: &str, within: Duration) -> Value {
     }
 }
 
+/// The annotating server with the demo face as its looped input.
+async fn annotating_the_demo() -> TestServer {
+    start_annotating(
+        Some(Input::File(fixture_path("face.webm"))),
+        PipelineConfig::default(),
+        HttpConfig::default(),
+    )
+    .await
+}
+
+/// A viewer on `/ws/view`.
+async fn view(addr: std::net::SocketAddr) -> Socket {
+    let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/view"))
+        .await
+        .unwrap();
+    socket
+}
+
 async fn send_json(socket: &mut Socket, json: Value) {
     socket.send(Message::text(json.to_string())).await.unwrap();
 }
@@ -86,9 +104,7 @@ async fn the_capture_clock_reaches_viewers_and_their_reports_come_back() {
         presenter
     });
 
-    let (mut viewer, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/view"))
-        .await
-        .unwrap();
+    let mut viewer = view(addr).await;
     assert_pong(&mut viewer, 1234.5).await;
     // Stamps come with keyframe Clusters (one a second here); their capture times are the
     // presenter's claim, not the arrival.
@@ -158,15 +174,8 @@ async fn the_capture_clock_reaches_viewers_and_their_reports_come_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_capture_clock_stamps_start_at_the_server() {
     // The demo (a file) says nothing of capture: its readout is server to screen.
-    let server = start_annotating(
-        Some(Input::File(fixture_path("face.webm"))),
-        PipelineConfig::default(),
-        HttpConfig::default(),
-    )
-    .await;
-    let (mut viewer, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws/view", server.addr))
-        .await
-        .unwrap();
+    let server = annotating_the_demo().await;
+    let mut viewer = view(server.addr).await;
     for _ in 0..2 {
         let stamp = next_of(&mut viewer, "stamp", Duration::from_secs(5)).await;
         let age = now_ms() - stamp["capture_ms"].as_f64().unwrap();
@@ -177,16 +186,9 @@ async fn without_a_capture_clock_stamps_start_at_the_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_that_floods_or_talks_nonsense_is_not_answered_and_not_harmed() {
-    let server = start_annotating(
-        Some(Input::File(fixture_path("face.webm"))),
-        PipelineConfig::default(),
-        HttpConfig::default(),
-    )
-    .await;
+    let server = annotating_the_demo().await;
     let addr = server.addr;
-    let (mut viewer, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/view"))
-        .await
-        .unwrap();
+    let mut viewer = view(addr).await;
     // Nonsense and out-of-range figures are ignored; the connection stays.
     for text in [
         "not json",
