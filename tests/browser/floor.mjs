@@ -23,6 +23,8 @@ const CAMERA_TIMEOUT_MS = 10000;
 const camera = document.getElementById('camera');
 const video = document.getElementById('video');
 const statusLine = document.getElementById('status');
+/** The viewer's live-edge policy, for `video`. */
+const clock = new LatencyClock(video);
 
 /** What the page is doing, for the bench. `stampAgesMs` and `behindLive` are as on the viewer
  *  page (`window.lenscast`), so the bench reads both pages the same way. */
@@ -109,6 +111,12 @@ function record(stream, mime, sourceBuffer) {
   const pump = () => {
     if (sourceBuffer.updating || !pending.length) return;
     try {
+      // As the viewer's player does: the clock notes what is in hand just before media is
+      // appended, when it is least (the first chunk, the init segment, finds nothing buffered).
+      const buffered = sourceBuffer.buffered;
+      if (buffered.length && !video.paused && !video.seeking) {
+        clock.note(buffered.end(buffered.length - 1) - video.currentTime);
+      }
       sourceBuffer.appendBuffer(pending.shift());
     } catch (err) {
       fail(`append failed: ${err.name} ${err.message}`);
@@ -151,7 +159,6 @@ function skipGap(stuck) {
 
 /** Keeps `video` playing near the live edge with the viewer's own policy, on the viewer's tick. */
 function followLiveEdge() {
-  const clock = new LatencyClock(video);
   let lastTime = 0;
   video.addEventListener('waiting', () => !video.seeking && skipGap(true));
   video.addEventListener('error', () => fail(`media error ${video.error?.code} ${video.error?.message ?? ''}`));

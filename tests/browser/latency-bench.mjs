@@ -68,8 +68,8 @@ function parseOptions() {
     );
     process.exit(0);
   }
-  // The soak's first minute is its yardstick, so it starts only once the viewer has caught up
-  // with the live edge after joining (at 1.1x speed from up to 3 s behind: up to 30 s).
+  // The soak's first minute is its yardstick, so it starts only once the viewer has settled at
+  // the live edge after joining (catching up at 1.1x speed takes seconds to tens of seconds).
   values['warmup-seconds'] ??= values['soak-minutes'] === undefined ? '3' : '30';
   const positive = (name) => {
     const n = Number(values[name]);
