@@ -117,6 +117,8 @@ async fn feed(slot: Slot, paced: bool, stop: Instant) {
 async fn measure(cores: usize, mode: &'static str, seconds: f64) -> Run {
     let config = ServerConfig {
         pipeline: PipelineConfig {
+            // Detection back to back: the bench measures what the detector can do, not its pace.
+            detect_interval: None,
             // Throughput: never drop, measure how fast frames can go. Live: the real policy.
             max_lag: if mode == "throughput" {
                 Duration::from_secs(3600)

@@ -63,8 +63,9 @@
 //           answered at once: the page estimates its clock's offset from the server's.
 //   text    (presenter -> server) {"type":"capture","origin_ms":<server clock>}: when media
 //           time 0 of the recording was captured. Sent again when the offset estimate improves.
-//   text    (server -> viewer) {"type":"stamp","media_ms":M,"capture_ms":C,"sent_ms":S} before
-//           each keyframe Cluster: media time M was captured at C (server clock; for the demo or a
+//   text    (server -> viewer, on /ws/view?stamps=1 only: a client written before stamps may take
+//           any text for an "init")
+//           {"type":"stamp","media_ms":M,"capture_ms":C,"sent_ms":S} before each keyframe Cluster: media time M was captured at C (server clock; for the demo or a
 //           file, when the server received it), and the server broadcast it at S.
 //   text    (viewer -> server) {"type":"latency","ms":N} every few seconds: the page's estimate.
 //   The presenter's "stats" message adds "viewers": {"glass_to_glass_ms_p50", "viewers_reporting"}.
@@ -152,12 +153,23 @@ export const JUMP_TARGET = 0.2;
 /** Seconds the player keeps in hand at its lowest (just before new media arrives): room for
  *  jitter. More than this (plus the hysteresis) is spent by playing slightly faster. */
 export const LIVE_SLACK = 0.06;
-/** Slack above LIVE_SLACK that is tolerated before speeding up, so the rate does not flip. */
+/** Each stall raises the slack kept by this much (seconds)... */
+export const LIVE_SLACK_STEP = 0.1;
+/** ...up to this... */
+export const LIVE_SLACK_MAX = 1;
+/** ...and every SLACK_CALM_MS without a stall lowers it by this much, down to LIVE_SLACK. */
+export const LIVE_SLACK_DECAY = 0.02;
+export const SLACK_CALM_MS = 10000;
+/** Slack above the target that is tolerated before speeding up, so the rate does not flip. */
 export const LIVE_SLACK_HYSTERESIS = 0.04;
 /** The slack is the least in hand over this long (ms): long enough to see the worst gap. */
 export const SLACK_WINDOW_MS = 3000;
 /** Gentle enough that the change in audio pitch is barely audible. */
 export const CATCH_UP_RATE = 1.1;
+/** More than this (seconds) over the target in hand is caught up faster... */
+export const FAST_CATCH_UP_ABOVE = 0.3;
+/** ...at this rate (browsers keep the pitch, so speech stays natural, only quicker). */
+export const FAST_CATCH_UP_RATE = 1.25;
 
 // ## The viewer: page
 

@@ -7,17 +7,27 @@
 // hands over a chunk every 100 ms; networks and the server add jitter), so the clock measures
 // it instead of guessing: the slack is the least the player had in hand over the last few
 // seconds, sampled just before each append (the moment it is lowest) and on every tick. Slack
-// above LIVE_SLACK is latency for nothing, and playing 10% faster spends it; a player that ran
-// dry (a stall) has more in hand afterwards and keeps it until a few calm seconds show it is
-// not needed.
+// above the target is latency for nothing, and playing 10% faster spends it.
+//
+// The target starts at LIVE_SLACK, which is enough for video alone. A player that runs dry (a
+// stall) needs more: with audio, Chrome's renderer underflows well before the buffer is empty
+// and then rebuffers for half a second, so each stall raises the target by LIVE_SLACK_STEP, and
+// every SLACK_CALM_MS without one lowers it by LIVE_SLACK_DECAY again: the player finds the
+// least its stream and browser need, and follows it when that changes.
 
 import {
   CATCH_UP_RATE,
+  FAST_CATCH_UP_ABOVE,
+  FAST_CATCH_UP_RATE,
   JUMP_BEHIND,
   JUMP_TARGET,
   START_BEHIND,
   LIVE_SLACK,
+  LIVE_SLACK_DECAY,
   LIVE_SLACK_HYSTERESIS,
+  LIVE_SLACK_MAX,
+  LIVE_SLACK_STEP,
+  SLACK_CALM_MS,
   SLACK_WINDOW_MS,
 } from './constants.js';
 
@@ -30,6 +40,19 @@ export class LatencyClock {
     this.behindLive = null;
     this.samples = []; // { at: performance.now() ms, behind: seconds }, oldest first
     this.playing = false; // false until playback starts on this stream
+    /** The least to keep in hand (seconds), raised by stalls, lowered by calm. */
+    this.target = LIVE_SLACK;
+    this.calmSince = performance.now();
+    this.stalls = 0;
+    video.addEventListener('waiting', () => this.stalled());
+  }
+
+  /** The player ran dry while playing: keep more in hand from now on. */
+  stalled() {
+    if (!this.playing || this.video.seeking || !this.video.buffered.length) return;
+    this.stalls++;
+    this.target = Math.min(LIVE_SLACK_MAX, this.target + LIVE_SLACK_STEP);
+    this.calmSince = performance.now();
   }
 
   /** Notes how much the player has in hand (seconds); the least over SLACK_WINDOW_MS is the slack. */
@@ -64,11 +87,17 @@ export class LatencyClock {
     this.behindLive = Math.max(0, behind);
     if (video.paused || video.seeking) return;
     this.note(behind);
+    if (performance.now() - this.calmSince > SLACK_CALM_MS && this.target > LIVE_SLACK) {
+      this.target = Math.max(LIVE_SLACK, this.target - LIVE_SLACK_DECAY);
+      this.calmSince = performance.now();
+    }
     const slack = this.slack;
     if (slack === null) return;
     // Two thresholds, so the rate does not flip back and forth around one.
-    if (slack > LIVE_SLACK + LIVE_SLACK_HYSTERESIS) video.playbackRate = CATCH_UP_RATE;
-    else if (slack <= LIVE_SLACK) video.playbackRate = 1;
+    // Far too much in hand (after a stall, data arrives all at once): catch up faster.
+    if (slack > this.target + FAST_CATCH_UP_ABOVE) video.playbackRate = FAST_CATCH_UP_RATE;
+    else if (slack > this.target + LIVE_SLACK_HYSTERESIS) video.playbackRate = CATCH_UP_RATE;
+    else if (slack <= this.target) video.playbackRate = 1;
   }
 
   /** Forgets the figure: what is buffered now belongs to a stream that is gone. */

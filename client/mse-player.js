@@ -163,6 +163,7 @@ class SourceBufferQueue {
  *   behindLive: seconds between the playhead and the live edge (see LatencyClock), or null
  *   glassToGlassMs: the latency readout (see GlassReadout), or null
  *   deliveryMs: from the server's broadcast to this page's socket (the latest stamp's), or null
+ *   slackTargetMs, stalls: what the player keeps in hand at least, and the stalls that set it
  *   reconnects, appendedBytes, autoplayRefused
  */
 export class MsePlayer {
@@ -218,7 +219,8 @@ export class MsePlayer {
 
   connect() {
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    const ws = new WebSocket(`${scheme}//${location.host}${VIEW_PATH}`);
+    // ?stamps=1: the capture stamps the latency readout needs (see constants.js).
+    const ws = new WebSocket(`${scheme}//${location.host}${VIEW_PATH}?stamps=1`);
     ws.binaryType = 'arraybuffer';
     const serverClock = new ServerClock((text) => ws.readyState === WebSocket.OPEN && ws.send(text));
     this.serverClock = serverClock;
@@ -324,6 +326,8 @@ export class MsePlayer {
     this.skipGap(buffered, stuck);
     this.clock.follow(buffered);
     this.state.behindLive = this.clock.behindLive;
+    this.state.slackTargetMs = Math.round(this.clock.target * 1000);
+    this.state.stalls = this.clock.stalls;
     if (video.paused && !this.state.autoplayRefused) this.tryPlay();
     this.lastTime = video.currentTime;
     if (this.socket?.readyState === WebSocket.OPEN) {

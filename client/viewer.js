@@ -39,6 +39,8 @@ function startMse() {
     lenscast.behindLive = mse.behindLive;
     lenscast.glassToGlassMs = mse.glassToGlassMs;
     lenscast.deliveryMs = mse.deliveryMs;
+    lenscast.slackTargetMs = mse.slackTargetMs;
+    lenscast.stalls = mse.stalls;
     lenscast.reconnects = mse.reconnects;
     lenscast.appendedBytes = mse.appendedBytes;
     stage.classList.toggle('audio-only', mse.audioOnly);

@@ -4,7 +4,11 @@
 //! 30 fps frame budget, so it never runs on the frame path. The frame path hands the newest
 //! luma plane to a detection thread through a one-slot mailbox (an unread older frame is
 //! simply replaced) and draws the most recent boxes on every frame. Video therefore never
-//! waits for detection; boxes lag the face by at most one detection (~25 ms).
+//! waits for detection; boxes lag the face by at most one detection plus its pace.
+//!
+//! The pace (`--detect-fps`, 5 by default) keeps the detector from taking a whole core back
+//! to back: on a small machine the frame path, both encoders and (in the tests) the browser
+//! need it, and every ms they wait is latency the viewer sees.
 //!
 //! Detection runs on a 2x downscaled gray image: the Y plane *is* the gray image, so no colour
 //! conversion is needed, and half size costs ~1/2 the time for faces this large.
@@ -20,6 +24,9 @@ use opencv::prelude::*;
 /// (installed by `make`), so the binary needs no path at run time.
 const FRONTAL_FACE_CASCADE: &str =
     include_str!("/usr/share/opencv4/haarcascades/haarcascade_frontalface_default.xml");
+
+/// How far below the frame path detection runs (nice steps; see crate::priority).
+const DETECT_NICE: i32 = 10;
 
 /// Boxes older than this are not drawn (the face may have moved on, or the source changed).
 const MAX_BOX_AGE: Duration = Duration::from_millis(1000);
@@ -163,8 +170,9 @@ pub struct Annotator {
 
 impl Annotator {
     /// Starts the detection thread (OpenCV limited to one thread, leaving the other core
-    /// to the frame path).
-    pub fn start() -> Result<Self, AnnotateError> {
+    /// to the frame path). It detects on the newest picture at most once per `interval`
+    /// (`None`: back to back, as fast as detection runs).
+    pub fn start(interval: Option<Duration>) -> Result<Self, AnnotateError> {
         let mut detector = FaceDetector::new()?;
         let _ = opencv::core::set_num_threads(1);
         let shared = Arc::new(Shared {
@@ -180,7 +188,7 @@ impl Annotator {
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("face-detect".into())
-            .spawn(move || detect_loop(&worker, &mut detector))
+            .spawn(move || detect_loop(&worker, &mut detector, interval))
             .expect("spawning the detection thread");
         Ok(Annotator {
             shared,
@@ -249,13 +257,26 @@ impl Drop for Annotator {
     }
 }
 
-fn detect_loop(shared: &Shared, detector: &mut FaceDetector) {
+fn detect_loop(shared: &Shared, detector: &mut FaceDetector, interval: Option<Duration>) {
+    // Boxes may lag a little; frames may not (see crate::priority).
+    crate::priority::lower_this_thread(DETECT_NICE, "face-detect");
+    let mut next = Instant::now();
     loop {
         let (gray, width, height, epoch) = {
             let mut mailbox = shared.mailbox.lock().expect("mailbox lock");
             loop {
                 if mailbox.closed {
                     return;
+                }
+                let wait = next.saturating_duration_since(Instant::now());
+                if !wait.is_zero() {
+                    // Not yet: pictures offered meanwhile replace each other in the mailbox.
+                    mailbox = shared
+                        .ready
+                        .wait_timeout(mailbox, wait)
+                        .expect("mailbox lock")
+                        .0;
+                    continue;
                 }
                 if let Some(frame) = mailbox.frame.take() {
                     break frame;
@@ -264,6 +285,7 @@ fn detect_loop(shared: &Shared, detector: &mut FaceDetector) {
             }
         };
         let started = Instant::now();
+        next = started + interval.unwrap_or_default();
         let result = detector.detect(&gray, width, height);
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         let mut stats = shared.stats.lock().expect("stats lock");

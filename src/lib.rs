@@ -32,7 +32,8 @@
 //! - [`audience`]: whether anyone watches (viewers, recent HLS requests), so a looped input
 //!   pauses when nobody does.
 //!
-//! [`server`] wires these together (the binary, the tests and the benchmarks all use
+//! [`priority`] lowers the threads whose work may wait (detection, the HLS mirror) below the
+//! frame path. [`server`] wires these together (the binary, the tests and the benchmarks all use
 //! [`server::Server::new`]) and owns shutdown.
 
 pub mod annotate;
@@ -43,6 +44,7 @@ pub mod hub;
 pub mod latency;
 pub mod media;
 pub mod pipeline;
+pub mod priority;
 pub mod server;
 pub mod source;
 

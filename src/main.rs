@@ -58,6 +58,11 @@ struct ServeArgs {
     #[arg(long, default_value = "1", value_name = "SECONDS", value_parser = seconds(0.1, 60.0))]
     keyframe_interval: Duration,
 
+    /// Face detections per second at most (on the newest picture; boxes are drawn on every
+    /// frame from the latest detection). 0 detects back to back: a whole core for the detector.
+    #[arg(long, default_value = "5", value_name = "FPS", value_parser = clap::value_parser!(u32).range(0..=120))]
+    detect_fps: u32,
+
     /// Target bitrate of the re-encoded VP8 stream, in bits/s (suffixes k and M accepted).
     #[arg(long, default_value = "1M", value_parser = parse_bitrate)]
     bitrate: usize,
@@ -289,6 +294,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         pipeline: PipelineConfig {
             bitrate: args.bitrate,
             keyframe_interval: args.keyframe_interval,
+            detect_interval: (args.detect_fps > 0)
+                .then(|| Duration::from_secs_f64(1.0 / f64::from(args.detect_fps))),
             ..PipelineConfig::default()
         },
         hls: (!args.no_hls).then(|| HlsConfig {

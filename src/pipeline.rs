@@ -41,6 +41,12 @@ use crate::webm::{Event, Output, TrackKind, Tracks};
 /// Under overload, a frame is encoded at least this often however late it is.
 const MAX_ENCODE_GAP: Duration = Duration::from_millis(200);
 
+/// Face detection's default pace (`--detect-fps 5`): boxes move five times a second, and the
+/// detector takes about a fifth of a core instead of a whole one. On a 2-core machine with the
+/// presenter's and a viewer's browser beside the server, that took glass-to-glass p50 from
+/// +584..+915 ms over the browser's floor to +185..+377 (`make bench-latency`, same hour).
+pub const DEFAULT_DETECT_INTERVAL: Duration = Duration::from_nanos(1_000_000_000 / 5);
+
 /// Latency samples kept for the p50/p99 shown in status.
 const LATENCY_SAMPLES: usize = 300;
 
@@ -79,6 +85,9 @@ pub struct PipelineConfig {
     pub keyframe_interval: Duration,
     /// Frames later than this at the encoder are dropped (see the module docs).
     pub max_lag: Duration,
+    /// Face detection runs at most once per this (on the newest picture; boxes are drawn on
+    /// every frame); `None`: back to back, a whole core.
+    pub detect_interval: Option<Duration>,
     /// Events queued between the sources and the pipeline thread.
     pub queue: usize,
     /// The largest picture decoded (the decoder refuses bigger ones before allocating).
@@ -92,6 +101,7 @@ impl Default for PipelineConfig {
             bitrate: 1_000_000,
             keyframe_interval: Duration::from_secs(1),
             max_lag: Duration::from_millis(300),
+            detect_interval: Some(DEFAULT_DETECT_INTERVAL),
             queue: 256,
             max_resolution: Resolution::DEFAULT,
         }
@@ -157,7 +167,7 @@ impl Pipeline {
         mirror: Option<Arc<HlsMirror>>,
     ) -> Result<Self, PipelineError> {
         let annotator = match config.mode {
-            Mode::Annotate => Some(Annotator::start()?),
+            Mode::Annotate => Some(Annotator::start(config.detect_interval)?),
             Mode::MirrorOnly => None,
         };
         let (tx, rx) = mpsc::channel(config.queue.max(1));

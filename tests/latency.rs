@@ -58,7 +58,7 @@ async fn annotating_the_demo() -> TestServer {
 
 /// A viewer on `/ws/view`.
 async fn view(addr: std::net::SocketAddr) -> Socket {
-    let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/view"))
+    let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/view?stamps=1"))
         .await
         .unwrap();
     socket
@@ -181,6 +181,14 @@ async fn without_a_capture_clock_stamps_start_at_the_server() {
         let age = now_ms() - stamp["capture_ms"].as_f64().unwrap();
         assert!((0.0..1500.0).contains(&age), "stamp age {age} ms");
     }
+    // Stamps are opt-in: a client that did not ask gets the "init" texts it always got.
+    let plain = ws_collect(server.addr, Duration::from_millis(2500)).await;
+    assert!(!plain.bytes.is_empty());
+    assert!(
+        plain.inits.iter().all(|text| text["type"] == "init"),
+        "{:?}",
+        plain.inits
+    );
     server.shut_down().await;
 }
 

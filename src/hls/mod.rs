@@ -46,6 +46,10 @@ pub const PLAYLIST_NAME: &str = "live.m3u8";
 /// short queue keeps the mirror near the live edge when it cannot keep up.
 const QUEUE: usize = 8;
 
+/// How far below the frame path the mirror's encoder runs (nice steps; see crate::priority):
+/// less than face detection, since a starved mirror drops pictures from its stream.
+const HLS_NICE: i32 = 5;
+
 /// The file name of segment `sequence`.
 pub fn segment_name(sequence: u64) -> String {
     format!("seg-{sequence}.ts")
@@ -111,7 +115,10 @@ pub struct HlsConfig {
     pub bitrate: usize,
     /// Where the run directory is created; `None` means the system temporary directory.
     pub parent_dir: Option<PathBuf>,
-    /// libx264 preset: `veryfast` (~4.5 ms/frame at 640x480 here) or `ultrafast` (~1.9 ms).
+    /// libx264 preset: `ultrafast` (~1.9 ms/frame at 640x480 here; the default) or
+    /// `veryfast` (~4.5 ms, better pictures at the same bitrate). The mirror is the fallback
+    /// and runs beside the frame path on every live source: on a small machine the CPU it
+    /// takes is latency for the WebM viewers (the latency bench measured it).
     pub preset: String,
 }
 
@@ -122,7 +129,7 @@ impl Default for HlsConfig {
             window: 6,
             bitrate: 1_000_000,
             parent_dir: None,
-            preset: "veryfast".to_string(),
+            preset: "ultrafast".to_string(),
         }
     }
 }
@@ -216,7 +223,11 @@ impl HlsMirror {
         let thread = std::thread::Builder::new()
             .name("hls".into())
             // The segmenter is made on the thread: FFmpeg's scaler inside it is not `Send`.
-            .spawn(move || Worker::new(segmenter, run_dir, worker_shared).run(pictures));
+            .spawn(move || {
+                // The mirror plays seconds behind anyway; the WebM viewers' frames come first.
+                crate::priority::lower_this_thread(HLS_NICE, "hls");
+                Worker::new(segmenter, run_dir, worker_shared).run(pictures)
+            });
         let thread = match thread {
             Ok(thread) => thread,
             Err(error) => {

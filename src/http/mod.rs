@@ -158,12 +158,18 @@ pub fn routes(app: App) -> warp::filters::BoxedFilter<(warp::reply::Response,)> 
         .and(origin::check(app.config.clone()))
         .and(get_or_head())
         .and(ws::upgrade())
+        .and(view::options())
         .and(with_app(app.clone()))
         .and(conn::remote())
         .map(
-            |upgrade: Result<ws::Upgrade, &'static str>, app: App, remote: Option<SocketAddr>| {
+            |upgrade: Result<ws::Upgrade, &'static str>,
+             options: view::Options,
+             app: App,
+             remote: Option<SocketAddr>| {
                 match upgrade {
-                    Ok(upgrade) => upgrade.reply(move |io| view::websocket(io, app, remote)),
+                    Ok(upgrade) => {
+                        upgrade.reply(move |io| view::websocket(io, app, options, remote))
+                    }
                     Err(reason) => ws::refuse(reason),
                 }
             },

@@ -43,13 +43,39 @@ fn init_message(chunk: &Chunk) -> Option<String> {
     Some(json.to_string())
 }
 
+/// What a `/ws/view` client asked for in its query.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// `?stamps=1`: send the capture stamps (see [`crate::latency`]). Opt-in, so that a
+    /// client written before stamps existed, which may take any text message for an "init",
+    /// gets exactly the messages it always did.
+    pub stamps: bool,
+}
+
+/// The `/ws/view` query; anything it does not know (or cannot parse) is ignored.
+pub fn options() -> impl warp::Filter<Extract = (Options,), Error = std::convert::Infallible> + Clone
+{
+    use warp::Filter;
+    warp::query::raw()
+        .or(warp::any().map(String::new))
+        .unify()
+        .map(|query: String| Options {
+            stamps: query.split('&').any(|pair| pair == "stamps=1"),
+        })
+}
+
 /// Writes one wake-up's chunks: media as one binary message; an init segment as its own
 /// message after its "init" text (the page treats the message after that text as the init).
-async fn send_batch(writer: &mut ws::Writer, batch: &[Chunk]) -> std::io::Result<()> {
+async fn send_batch(
+    writer: &mut ws::Writer,
+    batch: &[Chunk],
+    options: Options,
+) -> std::io::Result<()> {
     let mut media: Vec<bytes::Bytes> = Vec::with_capacity(batch.len());
     // Capture stamps first: they map media times, so their place among the media is free,
     // and the media stays one message.
-    for stamp in batch.iter().filter_map(|chunk| chunk.stamp.as_ref()) {
+    let stamps = batch.iter().filter_map(|chunk| chunk.stamp.as_ref());
+    for stamp in stamps.filter(|_| options.stamps) {
         writer.text(&stamp.message).await?;
     }
     for chunk in batch {
@@ -82,7 +108,7 @@ fn write_failure(error: &std::io::Error) -> &'static str {
 
 /// Serves one WebSocket viewer until it leaves, the hub closes, or its socket stays blocked
 /// (the connection layer then fails its writes after `--viewer-timeout`).
-pub async fn websocket(io: ws::Io, app: App, remote: Option<SocketAddr>) {
+pub async fn websocket(io: ws::Io, app: App, options: Options, remote: Option<SocketAddr>) {
     let id = NEXT_VIEWER.fetch_add(1, Ordering::Relaxed);
     let mut viewer = app.hub.subscribe();
     tracing::info!(viewer = id, ?remote, via = "ws", "viewer joined");
@@ -110,7 +136,7 @@ pub async fn websocket(io: ws::Io, app: App, remote: Option<SocketAddr>) {
                     close(&mut writer, 1001, "server shutting down").await;
                     break "server shutting down";
                 }
-                if let Err(error) = send_batch(&mut writer, &batch).await {
+                if let Err(error) = send_batch(&mut writer, &batch, options).await {
                     break write_failure(&error);
                 }
                 for chunk in &batch {

@@ -50,6 +50,9 @@ const FLOOR_PAGE = '/tests/browser/floor.html';
 
 class CouldNotMeasure extends Error {}
 
+/** Extra flags for the lenscast server (--server-arg), set once the options are parsed. */
+let SERVER_ARGS = [];
+
 function parseOptions() {
   const { values } = parseArgs({
     options: {
@@ -58,12 +61,15 @@ function parseOptions() {
       'warmup-seconds': { type: 'string' },
       'soak-minutes': { type: 'string' },
       'no-audio': { type: 'boolean', default: false },
+      // Extra flags for the lenscast server, e.g. --server-arg=--detect-fps=0 (repeatable).
+      'server-arg': { type: 'string', multiple: true, default: [] },
       help: { type: 'boolean', short: 'h' },
     },
   });
   if (values.help) {
     console.log(
       'usage: node tests/browser/latency-bench.mjs [--runs 5] [--seconds 10] [--warmup-seconds 3] [--no-audio]\n' +
+        '         [--server-arg=--detect-fps=0]... (flags for the lenscast server)\n' +
         '       node tests/browser/latency-bench.mjs --soak-minutes M [--warmup-seconds 30] [--no-audio]',
     );
     process.exit(0);
@@ -82,6 +88,7 @@ function parseOptions() {
     warmupSeconds: positive('warmup-seconds'),
     soakMinutes: values['soak-minutes'] === undefined ? null : positive('soak-minutes'),
     noAudio: values['no-audio'],
+    serverArgs: values['server-arg'],
   };
 }
 
@@ -322,7 +329,7 @@ async function measureFloor(context, floorUrl, options) {
 
 /** A lenscast server with a live presenter (?clock=1) and a viewer playing; `close()` ends all. */
 async function startBroadcast(context, warmupSeconds) {
-  const server = await startLenscast(['--publish-token', TOKEN]);
+  const server = await startLenscast(['--publish-token', TOKEN, ...SERVER_ARGS]);
   const pages = [];
   const close = async () => {
     for (const page of pages) await page.close().catch(() => {});
@@ -362,8 +369,19 @@ async function startBroadcast(context, warmupSeconds) {
 
 /** What the presenter, the viewer and the server say about the broadcast, beside the clock. */
 async function broadcastFigures({ server, presenter, viewer }) {
-  const pipeline = (await fetchStatus(server)).pipeline;
+  const status = await fetchStatus(server);
+  const pipeline = status.pipeline;
+  const page = await viewer.evaluate(() => ({
+    delivery: window.lenscast.deliveryMs ?? null,
+    slackTarget: window.lenscast.slackTargetMs ?? null,
+    stalls: window.lenscast.stalls ?? null,
+  }));
   return {
+    // The budget, stage by stage: camera to server, server, server to page, page.
+    capture_to_arrival_ms_p50: status.latency?.capture_to_arrival_ms_p50 ?? null,
+    delivery_ms: page.delivery,
+    slack_target_ms: page.slackTarget,
+    stalls: page.stalls,
     presenter_state: await presenter.evaluate(() => window.lenscastPresenter.state),
     presenter_mime: await presenter.evaluate(() => window.lenscastPresenter.mime),
     viewer_mime: await viewer.evaluate(() => window.lenscast.mime),
@@ -525,6 +543,11 @@ function printRun({ run, order, floor, lenscast, diff, load_at_start: load }) {
       `${fps(lenscast.server_fps_in)}/${fps(lenscast.server_fps_out)}, latency p50 ` +
       `${ms(lenscast.server_latency_ms_p50)} ms; recorded ${lenscast.presenter_mime} (floor ${floor.mime})`,
   );
+  console.log(
+    `     lenscast budget: capture to server ${ms(lenscast.capture_to_arrival_ms_p50)} ms, server ` +
+      `${ms(lenscast.server_latency_ms_p50)} ms, server to page ${ms(lenscast.delivery_ms)} ms, player in hand ` +
+      `${lenscast.behind_live_p50_s?.toFixed(2)} s (keeps >= ${ms(lenscast.slack_target_ms)} ms after ${lenscast.stalls} stalls)`,
+  );
   if (floor.mime !== lenscast.presenter_mime) {
     console.log(`     WARNING: the floor recorded ${floor.mime}, the presenter ${lenscast.presenter_mime}`);
   }
@@ -621,6 +644,7 @@ async function main() {
   // Ctrl-C on a long soak: exit through 'exit', where helpers.mjs ends the server it started.
   process.on('SIGINT', () => process.exit(130));
   const options = parseOptions();
+  SERVER_ARGS = options.serverArgs;
   // The fake camera loops the first 6 s of the fixture, as in the presenter tests.
   const cameraArgs = fakeCameraArgs('face.webm', 6);
   if (options.soakMinutes === null) {
