@@ -234,7 +234,9 @@ mod tests {
             PageMessage::parse(br#"{"type":"latency","ms":250}"#),
             Ok(PageMessage::Latency { ms: 250.0 })
         );
-        let now = WallTime::now().as_millis();
+        // Whole ms, as pages send (Date.now()): serde_json may read a long fraction's last
+        // digit approximately.
+        let now = WallTime::now().as_millis().round();
         assert_eq!(
             PageMessage::parse(format!(r#"{{"type":"capture","origin_ms":{now}}}"#).as_bytes()),
             Ok(PageMessage::Capture { origin_ms: now })
