@@ -31,6 +31,25 @@ export function whyNoMse() {
   return null;
 }
 
+/** Chrome does not play across a gap in the buffer: a viewer who joins mid-stream has nothing
+ *  before its first Cluster, and a source restart or a skip to the next keyframe leaves a hole.
+ *  Chrome even stops a few frames before the hole, so a stall with media ahead means: jump.
+ *  (Exported for the latency bench's floor page, which plays by the same rule.) */
+export function skipGap(video, buffered, stuck) {
+  const t = video.currentTime;
+  let inside = false;
+  for (let i = 0; i < buffered.length; i++) {
+    if (buffered.start(i) <= t && t < buffered.end(i)) inside = true;
+    if (buffered.start(i) > t) {
+      if (!inside || stuck) {
+        console.info(`lenscast: skipping a gap, ${t.toFixed(2)} -> ${buffered.start(i).toFixed(2)} s`);
+        video.currentTime = buffered.start(i);
+      }
+      return;
+    }
+  }
+}
+
 /** One MediaSource + SourceBuffer for one mime type. Replaced when the mime type changes. */
 class SourceBufferQueue {
   /** Attaches a new MediaSource to `video`; `onFatal(why)` when it cannot go on,
@@ -336,23 +355,8 @@ export class MsePlayer {
     this.changed();
   }
 
-  /** Chrome does not play across a gap in the buffer: a viewer who joins mid-stream has nothing
-   *  before its first Cluster, and a source restart or a skip to the next keyframe leaves a hole.
-   *  Chrome even stops a few frames before the hole, so a stall with media ahead means: jump. */
   skipGap(buffered, stuck) {
-    const video = this.video;
-    const t = video.currentTime;
-    let inside = false;
-    for (let i = 0; i < buffered.length; i++) {
-      if (buffered.start(i) <= t && t < buffered.end(i)) inside = true;
-      if (buffered.start(i) > t) {
-        if (!inside || stuck) {
-          console.info(`lenscast: skipping a gap, ${t.toFixed(2)} -> ${buffered.start(i).toFixed(2)} s`);
-          video.currentTime = buffered.start(i);
-        }
-        return;
-      }
-    }
+    skipGap(this.video, buffered, stuck);
   }
 
   tryPlay() {

@@ -16,6 +16,7 @@ import {
   VIDEO_BITS_PER_SECOND,
 } from '../../client/constants.js';
 import { LatencyClock } from '../../client/latency-clock.js';
+import { skipGap as skipMseGap } from '../../client/mse-player.js';
 
 /** How long the camera may take to show its first frame. */
 const CAMERA_TIMEOUT_MS = 10000;
@@ -141,21 +142,8 @@ function record(stream, mime, sourceBuffer) {
   floor.mime = recorder.mimeType || mime;
 }
 
-/** Chrome does not play across a gap in the buffer, and stops a few frames before one: a stall
- *  with media ahead means jump. The same rule as MsePlayer.skipGap (mse-player.js), which
- *  cannot be reused without the player's socket. */
-function skipGap(stuck) {
-  const buffered = video.buffered;
-  const t = video.currentTime;
-  let inside = false;
-  for (let i = 0; i < buffered.length; i++) {
-    if (buffered.start(i) <= t && t < buffered.end(i)) inside = true;
-    if (buffered.start(i) > t) {
-      if (!inside || stuck) video.currentTime = buffered.start(i);
-      return;
-    }
-  }
-}
+/** The player's gap rule (mse-player.js), on this page's video. */
+const skipGap = (stuck) => skipMseGap(video, video.buffered, stuck);
 
 /** Keeps `video` playing near the live edge with the viewer's own policy, on the viewer's tick. */
 function followLiveEdge() {
