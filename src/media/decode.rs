@@ -123,7 +123,7 @@ impl VideoDecoder {
 
 /// Gives the decoder the track's CodecPrivate (e.g. the avcC record of H.264 from ffmpeg or
 /// mkvmerge). ffmpeg-next has no safe setter for extradata, hence the small unsafe block.
-fn set_extradata(context: &mut ffmpeg::codec::Context, data: &[u8]) {
+pub(crate) fn set_extradata(context: &mut ffmpeg::codec::Context, data: &[u8]) {
     // SAFETY: we allocate with av_mallocz (which FFmpeg frees with the context), including the
     // zeroed padding FFmpeg requires after extradata, and set the matching size.
     unsafe {
