@@ -490,6 +490,9 @@ impl Worker {
                     self.video(&block.frame(), when);
                 } else if Some(block.track) == source.audio_track {
                     let time = self.timeline.place(AUDIO_TRACK, block.time);
+                    if let Some(mirror) = &self.mirror {
+                        mirror.offer_audio(block.frame(), time);
+                    }
                     if let Some((_, _, Some(encoding))) = self.output.as_mut() {
                         let mut out = Vec::new();
                         encoding.writer.audio(time, block.frame(), &mut out);
@@ -501,9 +504,17 @@ impl Worker {
         }
     }
 
-    /// Starts a new writer (and init segment) if the audio track appeared or went away.
+    /// Tells the HLS mirror the source's audio, and starts a new writer (and init segment) if
+    /// the audio track appeared or went away.
     fn update_audio_track(&mut self) {
         let audio = self.source.as_ref().and_then(|s| s.audio.clone());
+        if let Some(mirror) = &self.mirror {
+            mirror.audio_source(
+                audio
+                    .as_ref()
+                    .map(|a| a.codec_private.clone().unwrap_or_default()),
+            );
+        }
         let Some((_, _, Some(encoding))) = self.output.as_mut() else {
             return;
         };

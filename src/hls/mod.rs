@@ -3,8 +3,10 @@
 //! a CDN in front).
 //!
 //! Data flow: [`HlsMirror::offer`] copies a picture into a small bounded queue (never waiting:
-//! when the queue is full the picture is dropped and counted) → the mirror's own thread
-//! runs the [`segmenter`] (libx264, one IDR per segment, each segment muxed into memory) →
+//! when the queue is full the picture is dropped and counted), and [`HlsMirror::offer_audio`]
+//! the source's Opus packets → the mirror's own thread turns the Opus into AAC
+//! ([`crate::media::audio`]) and runs the [`segmenter`] (libx264, one IDR per segment, audio
+//! and pictures interleaved, each segment muxed into memory) →
 //! [`run_dir`] writes each segment and then the [`playlist`] atomically into a directory made
 //! for this run, and deletes old segments. `http::hls` serves the files from there.
 //!
@@ -13,6 +15,11 @@
 //! needs no init segment (one file kind less to write, serve and keep consistent), and the
 //! playlist can stay at version 3. fMP4 would save a few percent of TS packet overhead, which
 //! does not matter at our bitrates.
+//!
+//! Audio: a source with an Opus track gives the mirror an AAC stream from then on, for its
+//! whole life (players cannot add a track mid-stream, and they stop at a hole in one), so a
+//! later source without audio gets silence. Until a source with audio comes, the mirror is
+//! video only, as it always was.
 //!
 //! Nothing grows with time: the queue is bounded, a segment's bytes live in memory only until
 //! written, the playlist holds `window` segments, and the directory keeps about
@@ -33,7 +40,10 @@ use std::time::{Duration, Instant, SystemTime};
 use ffmpeg::util::frame::Video as VideoFrame;
 use ffmpeg_next as ffmpeg;
 
+use bytes::Bytes;
+
 use crate::clock::MediaTime;
+use crate::media::audio::{samples_from_nanos, AacEncoder, AudioError};
 use crate::media::decode::DecodeError;
 use playlist::Playlist;
 use run_dir::RunDir;
@@ -45,6 +55,9 @@ pub const PLAYLIST_NAME: &str = "live.m3u8";
 /// Pictures waiting for the encoder; more are dropped. A few frames absorb jitter, and a
 /// short queue keeps the mirror near the live edge when it cannot keep up.
 const QUEUE: usize = 8;
+/// Everything waiting for the thread: the pictures plus the audio packets between them (Opus
+/// sends 50 a second, so a picture queue's worth of time holds about 16).
+const QUEUE_ALL: usize = 64;
 
 /// How far below the frame path the mirror's encoder runs (nice steps; see crate::priority):
 /// less than face detection, since a starved mirror drops pictures from its stream.
@@ -100,6 +113,8 @@ pub enum HlsError {
     Thread(#[source] std::io::Error),
     #[error("picture conversion: {0}")]
     Convert(#[from] DecodeError),
+    #[error("audio: {0}")]
+    Audio(#[from] AudioError),
     #[error("FFmpeg: {0}")]
     Ffmpeg(#[from] ffmpeg::Error),
 }
@@ -153,6 +168,11 @@ pub struct HlsStatus {
     pub segment_duration_s: f64,
     /// The playlist's EXT-X-TARGETDURATION.
     pub target_duration_s: u64,
+    /// Whether the segments carry audio (AAC from the source's Opus).
+    pub audio: bool,
+    /// AAC packets written, and Opus packets not taken (the queue was full).
+    pub audio_packets: u64,
+    pub audio_dropped: u64,
     /// The H.264 picture size, once the first picture has arrived.
     pub width: Option<u32>,
     pub height: Option<u32>,
@@ -170,15 +190,29 @@ struct Shared {
     status: Mutex<HlsStatus>,
     /// Counted by `offer` on the caller's thread, without taking the lock.
     dropped: AtomicU64,
+    audio_dropped: AtomicU64,
+    /// Pictures in the queue now (the queue also holds audio; pictures have their own limit).
+    pictures_queued: std::sync::atomic::AtomicUsize,
     /// Set by `Drop`, so the thread skips what is still queued instead of encoding it.
     stopping: AtomicBool,
 }
 
-/// A picture waiting for the encoder.
-struct Offer {
-    picture: VideoFrame,
-    time: MediaTime,
-    at: SystemTime,
+/// What waits for the mirror's thread.
+enum Offer {
+    /// A picture, with its time on the output timeline and when it was offered.
+    Picture {
+        picture: VideoFrame,
+        time: MediaTime,
+        at: SystemTime,
+    },
+    /// The source now playing has this Opus track (its CodecPrivate, possibly empty), or none.
+    AudioSource(Option<Bytes>),
+    /// One Opus packet of that track.
+    Audio {
+        data: Bytes,
+        time: MediaTime,
+        at: SystemTime,
+    },
 }
 
 /// The running mirror: an encoder thread and the directory it writes. [`HlsMirror::stop`]
@@ -211,9 +245,11 @@ impl HlsMirror {
                 ..HlsStatus::default()
             }),
             dropped: AtomicU64::new(0),
+            audio_dropped: AtomicU64::new(0),
+            pictures_queued: Default::default(),
             stopping: AtomicBool::new(false),
         });
-        let (queue, pictures) = mpsc::sync_channel(QUEUE);
+        let (queue, pictures) = mpsc::sync_channel(QUEUE_ALL);
         let segmenter = SegmenterConfig {
             segment,
             bitrate: config.bitrate,
@@ -251,23 +287,59 @@ impl HlsMirror {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let offer = Offer {
+        if self.shared.pictures_queued.load(Ordering::Relaxed) >= QUEUE {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let offer = Offer::Picture {
             picture: picture.clone(),
             time,
             at: SystemTime::now(),
         };
-        let queue = self.queue.lock().expect("hls queue lock");
-        // Full, stopped, or the thread is gone: either way the picture is not encoded.
-        let sent = queue.as_ref().is_some_and(|q| q.try_send(offer).is_ok());
-        if !sent {
+        self.shared.pictures_queued.fetch_add(1, Ordering::Relaxed);
+        if !self.send(offer) {
+            self.shared.pictures_queued.fetch_sub(1, Ordering::Relaxed);
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Says which audio the source now playing has: its Opus track's CodecPrivate (the
+    /// OpusHead; empty if it has none), or `None` for no audio. Call it at each source's
+    /// tracks, before its packets.
+    pub fn audio_source(&self, opus_head: Option<Bytes>) {
+        // Never dropped for a full queue: it blocks for the moment the thread needs to take
+        // one item, rather than play a source's audio with the last one's decoder.
+        let queue = self.queue.lock().expect("hls queue lock");
+        if let Some(queue) = queue.as_ref() {
+            let _ = queue.send(Offer::AudioSource(opus_head));
+        }
+    }
+
+    /// Offers one Opus packet of the source's audio, with its time on the output timeline.
+    /// Never blocks: a packet that finds the queue full is dropped and counted (the mirror
+    /// fills the gap with silence).
+    pub fn offer_audio(&self, data: Bytes, time: MediaTime) {
+        let offer = Offer::Audio {
+            data,
+            time,
+            at: SystemTime::now(),
+        };
+        if !self.send(offer) {
+            self.shared.audio_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues without waiting; false if full, stopped, or the thread is gone.
+    fn send(&self, offer: Offer) -> bool {
+        let queue = self.queue.lock().expect("hls queue lock");
+        queue.as_ref().is_some_and(|q| q.try_send(offer).is_ok())
     }
 
     /// A snapshot of the mirror's figures.
     pub fn status(&self) -> HlsStatus {
         let mut status = self.shared.status.lock().expect("hls status lock").clone();
         status.frames_dropped += self.shared.dropped.load(Ordering::Relaxed);
+        status.audio_dropped += self.shared.audio_dropped.load(Ordering::Relaxed);
         status
     }
 
@@ -324,6 +396,11 @@ struct Worker {
     /// (timestamp, wall-clock arrival) of recent pictures, to keep the dates near real time.
     arrivals: std::collections::VecDeque<(i64, SystemTime)>,
     last_ts: Option<i64>,
+    /// Opus into AAC, from the first source with audio on (see the module docs).
+    aac: Option<AacEncoder>,
+    /// Whether the source now playing has audio.
+    source_audio: bool,
+    audio_packets: u64,
     encode_ms: f64,
     frames_encoded: u64,
     error: Option<String>,
@@ -338,6 +415,9 @@ impl Worker {
             anchor: None,
             arrivals: std::collections::VecDeque::new(),
             last_ts: None,
+            aac: None,
+            source_audio: false,
+            audio_packets: 0,
             encode_ms: 0.0,
             frames_encoded: 0,
             error: None,
@@ -357,13 +437,80 @@ impl Worker {
     }
 
     fn handle(&mut self, offer: Offer) {
-        let Some(ts) = self.timestamp(offer.time, offer.at) else {
+        match offer {
+            Offer::Picture { picture, time, at } => {
+                self.shared.pictures_queued.fetch_sub(1, Ordering::Relaxed);
+                self.picture(picture, time, at);
+            }
+            Offer::AudioSource(head) => {
+                if let Err(error) = self.audio_source(head) {
+                    self.report(error);
+                }
+            }
+            Offer::Audio { data, time, at } => {
+                if let Err(error) = self.audio(&data, time, at) {
+                    self.report(error);
+                }
+            }
+        }
+        self.publish_finished();
+        self.update_status();
+    }
+
+    /// A new source's audio: the AAC encoder starts with the first source that has audio and
+    /// then stays (see the module docs).
+    fn audio_source(&mut self, head: Option<Bytes>) -> Result<(), HlsError> {
+        self.source_audio = head.is_some();
+        if head.is_some() && self.aac.is_none() {
+            let aac = AacEncoder::new()?;
+            self.segmenter.enable_audio(aac.parameters());
+            self.aac = Some(aac);
+        }
+        if let Some(aac) = self.aac.as_mut() {
+            aac.source(head.as_deref())?;
+        }
+        self.segmenter.expect_audio(self.source_audio)
+    }
+
+    fn audio(&mut self, data: &[u8], time: MediaTime, at: SystemTime) -> Result<(), HlsError> {
+        let Some(aac) = self.aac.as_mut() else {
+            return Ok(());
+        };
+        let (anchor_ms, _) = *self.anchor.get_or_insert((time.as_millis(), at));
+        let from_anchor = time.as_nanos() - anchor_ms * 1_000_000;
+        if from_anchor < 0 {
+            // Before the mirror's first picture or packet: nothing to go with.
+            return Ok(());
+        }
+        aac.opus(data, samples_from_nanos(from_anchor))?;
+        let packets = aac.take_packets();
+        self.audio_packets += packets.len() as u64;
+        self.segmenter.push_audio(packets)
+    }
+
+    /// Keeps the AAC track going with silence up to a picture at `ts_ms` while the source has
+    /// no audio of its own.
+    fn silence_until(&mut self, ts_ms: i64) -> Result<(), HlsError> {
+        let Some(aac) = self.aac.as_mut().filter(|_| !self.source_audio) else {
+            return Ok(());
+        };
+        aac.silence_until(samples_from_nanos(ts_ms * 1_000_000))?;
+        let packets = aac.take_packets();
+        self.audio_packets += packets.len() as u64;
+        self.segmenter.push_audio(packets)
+    }
+
+    fn picture(&mut self, picture: VideoFrame, time: MediaTime, at: SystemTime) {
+        let Some(ts) = self.timestamp(time, at) else {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
         self.last_ts = Some(ts);
+        if let Err(error) = self.silence_until(ts) {
+            self.report(error);
+        }
         let started = Instant::now();
-        let pushed = self.segmenter.push(offer.picture, ts);
+        let pushed = self.segmenter.push(picture, ts);
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         match pushed {
             Ok(()) => {
@@ -378,7 +525,11 @@ impl Worker {
         if self.arrivals.len() == MAX_ARRIVALS {
             self.arrivals.pop_front();
         }
-        self.arrivals.push_back((ts, offer.at));
+        self.arrivals.push_back((ts, at));
+    }
+
+    /// Writes the segments the segmenter has completed, and the playlist.
+    fn publish_finished(&mut self) {
         let mut failures = Vec::new();
         for segment in self.segmenter.take_finished() {
             let program_date_time = self.program_date_time(segment.start_ms);
@@ -393,7 +544,6 @@ impl Worker {
         for error in failures {
             self.report(error);
         }
-        self.update_status();
     }
 
     /// PROGRAM-DATE-TIME of a segment starting at `start_ms`: the anchor's wall time plus the
@@ -464,6 +614,8 @@ impl Worker {
         status.target_duration_s = playlist.target_duration;
         status.encode_ms = self.encode_ms;
         status.frames_encoded = self.frames_encoded;
+        status.audio = self.aac.is_some();
+        status.audio_packets = self.audio_packets;
         status.width = size.map(|(w, _)| w);
         status.height = size.map(|(_, h)| h);
         status.error.clone_from(&self.error);

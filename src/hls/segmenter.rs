@@ -13,11 +13,17 @@
 //! moment its trailer is written: no splitting of a long-lived muxer's byte stream. Timestamps
 //! stay on one timeline across segments, so players see a continuous stream.
 //!
+//! Audio (AAC from [`crate::media::audio`]) goes into the same segments as a second stream.
+//! The two streams are written in time order ([`Interleave`]): a picture waits until the
+//! audio up to its time is in, so the audio just before a cut ends the old segment and each
+//! segment's first audio packet starts within one AAC frame (21 ms) of its first picture.
+//!
 //! FFmpeg 5.1's libx264 wrapper leaves packet durations at 0 (PLATFORM.md). Each packet is
 //! held back until the next one arrives and gets the gap to it as its duration; the last
 //! packet of a segment thereby ends exactly where the next segment starts. That holds the
 //! mirror one frame behind, nothing next to HLS's seconds.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,10 +34,16 @@ use ffmpeg::{codec, Packet, Rational};
 use ffmpeg_next as ffmpeg;
 
 use super::HlsError;
+use crate::media::audio::{self, AacPacket};
 use crate::media::scale::Scaler;
 
 /// Encoder timestamps are milliseconds.
 const TIME_BASE: Rational = Rational(1, 1000);
+
+/// The longest a picture waits for the audio up to its time (or audio for the pictures): a
+/// source whose audio stalls (or whose pictures do) must not stall the mirror. Well above how
+/// far apart the two arrive from a live source (a recorder chunk, 100 ms here).
+const MAX_INTERLEAVE_WAIT_US: i64 = 500_000;
 
 /// One segment, muxed and complete.
 #[derive(Debug)]
@@ -66,6 +78,11 @@ pub struct Segmenter {
     open: Option<OpenSegment>,
     /// The newest packet, waiting for the next one to learn its duration.
     held: Option<Packet>,
+    /// Packets on their way to the muxer, in time order.
+    interleave: Interleave,
+    /// The AAC stream's parameters, once the mirror has audio: every segment opened from then
+    /// on has the audio stream.
+    audio: Option<codec::Parameters>,
     finished: Vec<FinishedSegment>,
 }
 
@@ -80,8 +97,31 @@ impl Segmenter {
             forced_at: None,
             open: None,
             held: None,
+            interleave: Interleave::default(),
+            audio: None,
             finished: Vec::new(),
         }
+    }
+
+    /// Gives segments opened from now on an AAC stream with these parameters (the mirror's
+    /// encoder: the same for its life).
+    pub fn enable_audio(&mut self, parameters: &codec::Parameters) {
+        self.audio = Some(parameters.clone());
+    }
+
+    /// Whether the source now playing sends audio: if so, pictures wait (up to
+    /// [`MAX_INTERLEAVE_WAIT_US`]) for the audio up to their time before they are written.
+    pub fn expect_audio(&mut self, expected: bool) -> Result<(), HlsError> {
+        self.interleave.wait_for_audio = expected;
+        self.drain()
+    }
+
+    /// Adds AAC packets (timed in samples on the same timeline as the pictures' ms).
+    pub fn push_audio(&mut self, packets: Vec<AacPacket>) -> Result<(), HlsError> {
+        for packet in packets {
+            self.interleave.push_audio(packet);
+        }
+        self.drain()
     }
 
     /// The encoder's picture size, once the first picture has arrived.
@@ -156,11 +196,36 @@ impl Segmenter {
     fn on_packet(&mut self, packet: Packet) -> Result<(), HlsError> {
         // libx264 always stamps its packets; with no B-frames dts equals pts.
         let pts = packet.pts().ok_or(HlsError::NoTimestamp)?;
-        let mut result = Ok(());
         if let Some(mut held) = self.held.take() {
             held.set_duration(pts - held.pts().unwrap_or(pts));
-            result = self.write(held);
+            self.interleave.push_video(held);
         }
+        // The held packet's time already bounds what pictures can still come.
+        self.interleave.video_horizon = Some(pts * 1000);
+        self.held = Some(packet);
+        self.drain()
+    }
+
+    /// Writes every packet whose turn has come (see [`Interleave`]); a failure spoils the
+    /// segment it happened in only, and writing goes on.
+    fn drain(&mut self) -> Result<(), HlsError> {
+        let mut result = Ok(());
+        while let Some(next) = self.interleave.next() {
+            let written = match next {
+                Next::Video(packet) => self.emit_video(packet),
+                Next::Audio(packet) => self.emit_audio(packet),
+            };
+            result = result.and(written);
+        }
+        result
+    }
+
+    /// Writes a picture's packet, first cutting a new segment if this keyframe opens one: the
+    /// one place segment boundaries are decided, at the moment of writing, after the audio
+    /// that comes before it.
+    fn emit_video(&mut self, packet: Packet) -> Result<(), HlsError> {
+        let pts = packet.pts().ok_or(HlsError::NoTimestamp)?;
+        let mut result = Ok(());
         let cut = packet.is_key()
             && self
                 .open
@@ -172,10 +237,10 @@ impl Segmenter {
             }
             let encoder = self.encoder.as_ref().expect("a packet implies an encoder");
             // A segment whose muxer failed still marks time, so the next cut stays on the grid.
-            let muxer = match TsMuxer::new(&encoder.parameters) {
+            let muxer = match TsMuxer::new(&encoder.parameters, self.audio.as_ref()) {
                 Ok(muxer) => Some(muxer),
                 Err(e) => {
-                    result = result.and(Err(e));
+                    result = Err(e);
                     None
                 }
             };
@@ -184,13 +249,18 @@ impl Segmenter {
                 muxer,
             });
         }
-        self.held = Some(packet);
-        result
+        result.and(self.write(packet, Stream::Video))
+    }
+
+    /// Writes an AAC packet into the open segment, if it has an audio stream. Audio before the
+    /// first picture, or before the segment that first has the stream, is left out.
+    fn emit_audio(&mut self, packet: AacPacket) -> Result<(), HlsError> {
+        self.write(packet.packet, Stream::Audio)
     }
 
     /// Writes a packet into the open segment; a failure spoils that segment only.
-    fn write(&mut self, packet: Packet) -> Result<(), HlsError> {
-        // Before the first keyframe there is no segment; nothing is lost (the first picture
+    fn write(&mut self, packet: Packet, stream: Stream) -> Result<(), HlsError> {
+        // Before the first keyframe there is no segment; no picture is lost (the first picture
         // is always forced to be one).
         let Some(open) = self.open.as_mut() else {
             return Ok(());
@@ -198,12 +268,102 @@ impl Segmenter {
         let Some(muxer) = open.muxer.as_mut() else {
             return Ok(());
         };
-        if let Err(e) = muxer.write(packet) {
+        if let Err(e) = muxer.write(packet, stream) {
             open.muxer = None;
             return Err(e);
         }
         Ok(())
     }
+}
+
+/// The streams of a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Video,
+    Audio,
+}
+
+/// What [`Interleave`] lets out next.
+enum Next {
+    Video(Packet),
+    Audio(AacPacket),
+}
+
+/// Puts picture and audio packets in time order for the muxer (HLS segments are cut on
+/// pictures, and each segment must hold the audio of its own time span). A packet goes out
+/// when no packet of the other stream can still come before it: the other stream has a
+/// packet queued that is later, or has been seen up to its time. A stream that falls
+/// [`MAX_INTERLEAVE_WAIT_US`] behind the other is not waited for.
+#[derive(Default)]
+struct Interleave {
+    /// Picture packets, pts in ms.
+    video: VecDeque<Packet>,
+    /// AAC packets, pts in samples.
+    audio: VecDeque<AacPacket>,
+    /// The newest time each stream has reached, µs (a picture counts once it is encoded,
+    /// even while held for its duration).
+    video_horizon: Option<i64>,
+    audio_horizon: Option<i64>,
+    /// Whether audio is coming at all (the source has an audio track).
+    wait_for_audio: bool,
+}
+
+impl Interleave {
+    fn push_video(&mut self, packet: Packet) {
+        self.video.push_back(packet);
+    }
+
+    fn push_audio(&mut self, packet: AacPacket) {
+        let at = audio_us(packet.pts);
+        self.audio_horizon = Some(self.audio_horizon.map_or(at, |h| h.max(at)));
+        self.audio.push_back(packet);
+        // Audio with no picture to go with yet is kept only for so long.
+        while let (Some(first), None) = (self.audio.front(), self.video_horizon) {
+            if at - audio_us(first.pts) <= MAX_INTERLEAVE_WAIT_US {
+                break;
+            }
+            self.audio.pop_front();
+        }
+    }
+
+    fn next(&mut self) -> Option<Next> {
+        let video = self.video.front().map(|p| p.pts().unwrap_or(0) * 1000);
+        let audio = self.audio.front().map(|p| audio_us(p.pts));
+        let take_video = match (video, audio) {
+            (Some(v), Some(a)) => v <= a,
+            (Some(v), None) => {
+                let audio_in = self.audio_horizon.is_some_and(|h| h >= v);
+                let audio_behind = self
+                    .audio_horizon
+                    .is_none_or(|h| self.video_horizon.unwrap_or(v) - h > MAX_INTERLEAVE_WAIT_US);
+                if !(!self.wait_for_audio || audio_in || audio_behind) {
+                    return None;
+                }
+                true
+            }
+            (None, Some(a)) => {
+                let video_in = self.video_horizon.is_some_and(|h| h >= a);
+                let video_behind = self
+                    .video_horizon
+                    .is_some_and(|h| self.audio_horizon.unwrap_or(a) - h > MAX_INTERLEAVE_WAIT_US);
+                if !(video_in || video_behind) {
+                    return None;
+                }
+                false
+            }
+            (None, None) => return None,
+        };
+        if take_video {
+            self.video.pop_front().map(Next::Video)
+        } else {
+            self.audio.pop_front().map(Next::Audio)
+        }
+    }
+}
+
+/// An AAC time (samples) in µs.
+fn audio_us(samples: i64) -> i64 {
+    samples * 1_000_000 / audio::SAMPLE_RATE as i64
 }
 
 /// libx264, opened for one picture size.
@@ -293,37 +453,62 @@ impl OpenSegment {
 struct TsMuxer {
     output: ffmpeg::format::context::Output,
     bytes: SharedBytes,
-    time_base: Rational,
+    /// The muxer's time base for the pictures (stream 0).
+    video_time_base: Rational,
+    /// The AAC stream's index and time base, if the segment has audio.
+    audio: Option<(usize, Rational)>,
 }
 
 impl TsMuxer {
-    fn new(parameters: &codec::Parameters) -> Result<Self, HlsError> {
+    fn new(video: &codec::Parameters, audio: Option<&codec::Parameters>) -> Result<Self, HlsError> {
         let bytes = SharedBytes::default();
         let io = ffmpeg::format::context::StreamIo::from_write(bytes.clone())?;
         let mut output = ffmpeg::format::output_to_stream(io, None, Some("mpegts"))?;
-        // The stream is described by the encoder's parameters; no codec is attached to it.
-        let mut stream = output.add_stream(None::<ffmpeg::Codec>)?;
-        stream.set_parameters(parameters.clone());
+        // Streams are described by the encoders' parameters; no codec is attached to them.
+        output
+            .add_stream(None::<ffmpeg::Codec>)?
+            .set_parameters(video.clone());
+        if let Some(audio) = audio {
+            output
+                .add_stream(None::<ffmpeg::Codec>)?
+                .set_parameters(audio.clone());
+        }
         output.write_header()?;
         // The muxer picks its own time base (1/90000) while writing the header.
-        let time_base = output
-            .stream(0)
-            .map(|s| s.time_base())
-            .ok_or(HlsError::NoTimestamp)?;
+        let time_base = |index| {
+            output
+                .stream(index)
+                .map(|s| s.time_base())
+                .ok_or(HlsError::NoTimestamp)
+        };
+        let video_time_base = time_base(0)?;
+        let audio = match audio {
+            Some(_) => Some((1, time_base(1)?)),
+            None => None,
+        };
         Ok(TsMuxer {
             output,
             bytes,
-            time_base,
+            video_time_base,
+            audio,
         })
     }
 
-    fn write(&mut self, mut packet: Packet) -> Result<(), HlsError> {
+    /// Writes a packet of `stream`; audio into a segment without the audio stream is left out.
+    fn write(&mut self, mut packet: Packet, stream: Stream) -> Result<(), HlsError> {
+        let (index, from, to) = match stream {
+            Stream::Video => (0, TIME_BASE, self.video_time_base),
+            Stream::Audio => match self.audio {
+                Some((index, to)) => (index, audio::TIME_BASE, to),
+                None => return Ok(()),
+            },
+        };
         if packet.dts().is_none() {
             packet.set_dts(packet.pts());
         }
-        packet.set_stream(0);
-        packet.rescale_ts(TIME_BASE, self.time_base);
-        // One stream, in order: no interleaving queue needed.
+        packet.set_stream(index);
+        packet.rescale_ts(from, to);
+        // Already in time order (Interleave): FFmpeg's interleaving queue is not needed.
         packet.write(&mut self.output)?;
         Ok(())
     }
