@@ -171,8 +171,12 @@ pub struct Annotator {
 impl Annotator {
     /// Starts the detection thread (OpenCV limited to one thread, leaving the other core
     /// to the frame path). It detects on the newest picture at most once per `interval`
-    /// (`None`: back to back, as fast as detection runs).
-    pub fn start(interval: Option<Duration>) -> Result<Self, AnnotateError> {
+    /// (`None`: back to back, as fast as detection runs). Each detection's time also goes to
+    /// `detect_time` (the `/metrics` histogram).
+    pub fn start(
+        interval: Option<Duration>,
+        detect_time: metrics::Histogram,
+    ) -> Result<Self, AnnotateError> {
         let mut detector = FaceDetector::new()?;
         let _ = opencv::core::set_num_threads(1);
         let shared = Arc::new(Shared {
@@ -188,7 +192,7 @@ impl Annotator {
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("face-detect".into())
-            .spawn(move || detect_loop(&worker, &mut detector, interval))
+            .spawn(move || detect_loop(&worker, &mut detector, interval, &detect_time))
             .expect("spawning the detection thread");
         Ok(Annotator {
             shared,
@@ -257,7 +261,12 @@ impl Drop for Annotator {
     }
 }
 
-fn detect_loop(shared: &Shared, detector: &mut FaceDetector, interval: Option<Duration>) {
+fn detect_loop(
+    shared: &Shared,
+    detector: &mut FaceDetector,
+    interval: Option<Duration>,
+    detect_time: &metrics::Histogram,
+) {
     // Boxes may lag a little; frames may not (see crate::priority).
     crate::priority::lower_this_thread(DETECT_NICE, "face-detect");
     let mut next = Instant::now();
@@ -287,7 +296,9 @@ fn detect_loop(shared: &Shared, detector: &mut FaceDetector, interval: Option<Du
         let started = Instant::now();
         next = started + interval.unwrap_or_default();
         let result = detector.detect(&gray, width, height);
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let took = started.elapsed();
+        detect_time.record(took.as_secs_f64());
+        let ms = took.as_secs_f64() * 1000.0;
         let mut stats = shared.stats.lock().expect("stats lock");
         match result {
             Ok(faces) => {

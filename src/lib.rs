@@ -29,6 +29,8 @@
 //!   (`/ws/publish`, `PUT /publish`), `/api/status`, `/healthz`.
 //! - [`latency`]: glass-to-glass latency: the server clock the pages sync to, the capture
 //!   stamps on keyframe Clusters, and the viewers' reports.
+//! - [`metrics`]: `/metrics` in Prometheus's text format (the same figures as `/api/status`,
+//!   plus viewers by transport, HLS requests and stage-time histograms).
 //! - [`audience`]: whether anyone watches (viewers, recent HLS requests), so a looped input
 //!   pauses when nobody does.
 //!
@@ -43,6 +45,7 @@ pub mod http;
 pub mod hub;
 pub mod latency;
 pub mod media;
+pub mod metrics;
 pub mod pipeline;
 pub mod priority;
 pub mod server;

@@ -35,6 +35,7 @@ use crate::media::decode::VideoDecoder;
 use crate::media::encode::Vp8Encoder;
 use crate::media::scale::Scaler;
 use crate::media::Resolution;
+use crate::metrics::StageTimes;
 use crate::webm::writer::{AudioTrack, LiveWriter, OutputTracks, AUDIO_TRACK, VIDEO_TRACK};
 use crate::webm::{Event, Output, TrackKind, Tracks};
 
@@ -92,6 +93,8 @@ pub struct PipelineConfig {
     pub queue: usize,
     /// The largest picture decoded (the decoder refuses bigger ones before allocating).
     pub max_resolution: Resolution,
+    /// Where each stage's time per frame goes (`/metrics`); by default nowhere.
+    pub stages: StageTimes,
 }
 
 impl Default for PipelineConfig {
@@ -104,6 +107,7 @@ impl Default for PipelineConfig {
             detect_interval: Some(DEFAULT_DETECT_INTERVAL),
             queue: 256,
             max_resolution: Resolution::DEFAULT,
+            stages: StageTimes::default(),
         }
     }
 }
@@ -167,7 +171,10 @@ impl Pipeline {
         mirror: Option<Arc<HlsMirror>>,
     ) -> Result<Self, PipelineError> {
         let annotator = match config.mode {
-            Mode::Annotate => Some(Annotator::start(config.detect_interval)?),
+            Mode::Annotate => Some(Annotator::start(
+                config.detect_interval,
+                config.stages.detect.clone(),
+            )?),
             Mode::MirrorOnly => None,
         };
         let (tx, rx) = mpsc::channel(config.queue.max(1));
@@ -536,10 +543,10 @@ impl Worker {
             self.stats.local.decode_errors += 1;
             tracing::debug!(%error, "frame did not decode");
         }
-        self.stats.local.decode_ms = annotate::smooth(
-            self.stats.local.decode_ms,
-            started.elapsed().as_secs_f64() * 1000.0,
-        );
+        let took = started.elapsed();
+        self.config.stages.decode.record(took.as_secs_f64());
+        self.stats.local.decode_ms =
+            annotate::smooth(self.stats.local.decode_ms, took.as_secs_f64() * 1000.0);
         for frame in decoded {
             let time = frame.pts().map_or(when.time, MediaTime::from_nanos);
             self.frame(&frame, when.at(time));
@@ -615,16 +622,20 @@ impl Worker {
             tracing::error!(%error, "VP8 encode failed");
             return;
         }
-        self.stats.local.encode_ms = annotate::smooth(
-            self.stats.local.encode_ms,
-            started.elapsed().as_secs_f64() * 1000.0,
-        );
+        let took = started.elapsed();
+        self.config.stages.encode.record(took.as_secs_f64());
+        self.stats.local.encode_ms =
+            annotate::smooth(self.stats.local.encode_ms, took.as_secs_f64() * 1000.0);
         // A Cluster start carries when its media was captured, for the viewers' readout.
         let starts_cluster = out.iter().any(|o| matches!(o, Output::ClusterStart { .. }));
         let stamp = first_at
             .filter(|_| starts_cluster)
             .map(|at| Stamp::new(at, when.at(at).capture));
         self.hub.publish_stamped(out, stamp);
+        self.config
+            .stages
+            .arrival_to_broadcast
+            .record(arrived.elapsed().as_secs_f64());
         self.stats.frame_out(arrived);
     }
 

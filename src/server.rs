@@ -94,8 +94,10 @@ pub struct Server {
 impl Server {
     /// Builds every part (hub, HLS mirror, pipeline or remuxer, slot, routes' state) without
     /// listening yet.
-    pub fn new(config: ServerConfig) -> Result<Self, ServerError> {
+    pub fn new(mut config: ServerConfig) -> Result<Self, ServerError> {
         let hub = Hub::with_batching(config.viewer_buffer, config.viewer_batch);
+        let metrics = crate::metrics::Metrics::new();
+        config.pipeline.stages = metrics.stage_times();
         let hls = match &config.hls {
             Some(hls) => {
                 let mirror = HlsMirror::start(hls.clone())?;
@@ -141,6 +143,7 @@ impl Server {
             hls,
             config: Arc::new(config.http.clone()),
             latency: Arc::default(),
+            metrics,
         };
         Ok(Server {
             app,

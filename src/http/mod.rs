@@ -16,6 +16,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use warp::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use warp::http::Response;
 use warp::Filter;
 
 use crate::hub::Hub;
@@ -85,9 +87,23 @@ pub struct App {
     pub config: Arc<HttpConfig>,
     /// What viewers report of their glass-to-glass latency.
     pub latency: Arc<crate::latency::Reports>,
+    /// `/metrics`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl App {
+    /// The text for `/metrics`, from the same figures as `/api/status`.
+    pub fn metrics_text(&self) -> String {
+        let pipeline = self.slot.pipeline().map(|p| p.stats());
+        let hls = self.hls.as_ref().map(|h| h.status());
+        self.metrics.render(&crate::metrics::Snapshot {
+            hub: &self.hub.status(),
+            source: &self.slot.status(),
+            pipeline: pipeline.as_ref(),
+            hls: hls.as_ref(),
+        })
+    }
+
     /// The JSON for `/api/status`: the hub's figures, the pipeline's and the HLS mirror's.
     pub fn status(&self) -> serde_json::Value {
         let hub = self.hub.status();
@@ -154,6 +170,17 @@ pub fn routes(app: App) -> warp::filters::BoxedFilter<(warp::reply::Response,)> 
                 "no-store",
             )
         });
+    let metrics = warp::path!("metrics")
+        .and(get_or_head())
+        .and(with_app(app.clone()))
+        .map(|app: App| {
+            let response = Response::builder()
+                .header(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
+                .header(CACHE_CONTROL, "no-store")
+                .body(app.metrics_text())
+                .expect("static headers are valid");
+            warp::Reply::into_response(response)
+        });
     let ws_view = warp::path!("ws" / "view")
         .and(origin::check(app.config.clone()))
         .and(get_or_head())
@@ -182,6 +209,11 @@ pub fn routes(app: App) -> warp::filters::BoxedFilter<(warp::reply::Response,)> 
             let response = match &app.hls {
                 Some(mirror) => {
                     app.hub.audience().hls_request();
+                    app.metrics.hls_request(match crate::hls::file_kind(&name) {
+                        Some(crate::hls::FileKind::Playlist) => "playlist",
+                        Some(crate::hls::FileKind::Segment) => "segment",
+                        None => "other",
+                    });
                     hls::response(mirror.dir(), &name)
                 }
                 None => warp::Reply::into_response(warp::reply::with_status(
@@ -280,6 +312,7 @@ pub fn routes(app: App) -> warp::filters::BoxedFilter<(warp::reply::Response,)> 
             },
         );
     let all = status
+        .or(metrics)
         .or(ws_view)
         .or(ws_publish)
         .or(http_publish)

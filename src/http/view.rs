@@ -1,6 +1,7 @@
 //! Viewers: the live stream over a WebSocket (for the MSE page) and as a chunked HTTP response
 //! (`/live.webm`, for ffplay, VLC, ffprobe, GStreamer).
 
+use crate::metrics::{Transport, ViewerGuard};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -111,6 +112,7 @@ fn write_failure(error: &std::io::Error) -> &'static str {
 pub async fn websocket(io: ws::Io, app: App, options: Options, remote: Option<SocketAddr>) {
     let id = NEXT_VIEWER.fetch_add(1, Ordering::Relaxed);
     let mut viewer = app.hub.subscribe();
+    let _counted = app.metrics.viewer(Transport::WebSocket);
     tracing::info!(viewer = id, ?remote, via = "ws", "viewer joined");
     let (mut reader, mut writer) = ws::split(io, MAX_VIEWER_MESSAGE);
     let mut batch = Vec::new();
@@ -230,6 +232,7 @@ pub fn http_stream(app: App, remote: Option<SocketAddr>) -> warp::reply::Respons
     tracing::info!(viewer = id, ?remote, via = "http", "viewer joined");
     let body = HttpViewer {
         viewer: app.hub.subscribe(),
+        _counted: app.metrics.viewer(Transport::Http),
         hub: app.hub.clone(),
         keepalive: Box::pin(tokio::time::sleep(KEEPALIVE)),
         last_sent: Instant::now(),
@@ -250,6 +253,8 @@ pub fn http_stream(app: App, remote: Option<SocketAddr>) -> warp::reply::Respons
 /// One `/live.webm` viewer's body: chunks from the hub, and keepalives while it is quiet.
 struct HttpViewer {
     viewer: Viewer,
+    /// Counts this viewer in `/metrics` while it lives.
+    _counted: ViewerGuard,
     hub: Hub,
     /// One timer per viewer, re-armed only when it fires: sending notes the time instead.
     keepalive: Pin<Box<Sleep>>,
