@@ -78,6 +78,16 @@ struct ServeArgs {
     #[arg(long = "cors-origin", value_name = "ORIGIN", value_parser = cors_origin)]
     cors_origin: Vec<String>,
 
+    /// Serve https and wss (same listener, same paths) with this PEM certificate chain. Needed
+    /// for presenters on other machines: browsers give pages a camera only over https (or on
+    /// localhost). Give --tls-key too.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1) for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
     /// Also answer requests whose Host header is this name (e.g. live.example.org), as when
     /// behind a proxy or on a DNS name. Repeat for several. IP addresses and `localhost` are
     /// always accepted; any other name is refused with 403, which stops DNS-rebinding pages.
@@ -308,6 +318,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             allowed_hosts: args.allow_host,
             cors_origins: args.cors_origin,
             presenter_idle: args.presenter_idle,
+            // Set by the server from `tls` below.
+            tls: false,
+        },
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(lenscast::http::tls::TlsFiles { cert, key }),
+            _ => None,
         },
         viewer_batch: args.viewer_batch,
         viewer_buffer: lenscast::hub::Limits {
@@ -328,9 +344,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("installing the SIGTERM handler")?;
     // Bound first: a taken port or a bad name fails before any encoder starts.
     let listener = http::bind(&args.listen).await?;
+    let tls = config.tls.is_some();
     let server = Server::new(config).context("starting the server")?;
     let addr: SocketAddr = listener.local_addr().context("reading the bound address")?;
-    let base = format!("http://{addr}");
+    let scheme = if tls { "https" } else { "http" };
+    let base = format!("{scheme}://{addr}");
     println!(
         "lenscast is serving ({})",
         if args.passthrough {
@@ -346,7 +364,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("  hls         {base}/hls.html  (playlist {base}/hls/live.m3u8)");
     }
     println!("  status      {base}/api/status");
-    tracing::info!(%addr, passthrough = args.passthrough, "listening");
+    tracing::info!(%addr, passthrough = args.passthrough, tls, "listening");
     server.run(listener, shutdown_signal(term)).await;
     Ok(())
 }

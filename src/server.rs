@@ -36,6 +36,8 @@ pub enum ServerError {
     Hls(#[from] HlsError),
     #[error("starting the pipeline: {0}")]
     Pipeline(#[from] PipelineError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::http::tls::TlsError),
 }
 
 /// Everything the server needs to know, from the command line or a test.
@@ -52,6 +54,8 @@ pub struct ServerConfig {
     /// The HLS mirror, if on.
     pub hls: Option<HlsConfig>,
     pub http: HttpConfig,
+    /// Serve https and wss with this certificate and key (`--tls-cert`, `--tls-key`).
+    pub tls: Option<crate::http::tls::TlsFiles>,
     /// What the hub keeps for viewers that fall behind (chunks and bytes).
     pub viewer_buffer: crate::hub::Limits,
     /// How often viewers that keep up are written to.
@@ -73,6 +77,7 @@ impl Default for ServerConfig {
             pipeline: PipelineConfig::default(),
             hls: Some(HlsConfig::default()),
             http: HttpConfig::default(),
+            tls: None,
             viewer_buffer: crate::hub::Limits::default(),
             viewer_batch: crate::hub::Batching::Auto,
             max_resolution: Resolution::DEFAULT,
@@ -89,12 +94,20 @@ pub struct Server {
     pipelines: Vec<Pipeline>,
     limits: ConnLimits,
     pause_unwatched: bool,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 impl Server {
     /// Builds every part (hub, HLS mirror, pipeline or remuxer, slot, routes' state) without
     /// listening yet.
     pub fn new(mut config: ServerConfig) -> Result<Self, ServerError> {
+        // First: a wrong certificate path must fail before any thread starts.
+        let tls = config
+            .tls
+            .as_ref()
+            .map(crate::http::tls::server_config)
+            .transpose()?;
+        config.http.tls = tls.is_some();
         let hub = Hub::with_batching(config.viewer_buffer, config.viewer_batch);
         let metrics = crate::metrics::Metrics::new();
         config.pipeline.stages = metrics.stage_times();
@@ -151,6 +164,7 @@ impl Server {
             pipelines,
             limits: config.connections,
             pause_unwatched: config.pause_unwatched,
+            tls,
         })
     }
 
@@ -174,6 +188,7 @@ impl Server {
             pipelines,
             limits,
             pause_unwatched,
+            tls,
         } = self;
         let input_task = input.map(|input| {
             let slot = app.slot.clone();
@@ -190,8 +205,14 @@ impl Server {
             let mut closed = closed;
             let _ = closed.wait_for(|closed| *closed).await;
         };
-        let serving =
-            http::conn::serve(listener, http::routes(app.clone()), limits, on_stall, stop);
+        let serving = http::conn::serve(
+            listener,
+            http::routes(app.clone()),
+            limits,
+            on_stall,
+            tls,
+            stop,
+        );
         tokio::pin!(serving);
         tokio::select! {
             _ = &mut serving => {}

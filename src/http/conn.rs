@@ -10,7 +10,9 @@
 //!   pings, Void elements on `/live.webm`) so a quiet broadcast never looks idle;
 //! - a write that waits `write_timeout` for the peer to read is a stalled viewer (or
 //!   download): the connection is closed and counted, for every kind of response alike;
-//! - shutdown stops accepting and lets connections finish, within the caller's grace period.
+//! - shutdown stops accepting and lets connections finish, within the caller's grace period;
+//! - with TLS (`super::tls`), the handshake runs on the connection's task over the same
+//!   timed stream, and must finish within `header_timeout`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -73,6 +75,7 @@ pub async fn serve<F>(
     filter: F,
     limits: ConnLimits,
     on_stall: StallHook,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     stop: impl Future<Output = ()>,
 ) where
     F: Filter + Clone + Send + Sync + 'static,
@@ -86,6 +89,7 @@ pub async fn serve<F>(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
     let service = warp::service(filter);
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(stop);
     loop {
         let (stream, remote) = tokio::select! {
@@ -115,14 +119,38 @@ pub async fn serve<F>(
             let mut service = service.clone();
             service.call(request)
         });
-        let io = TokioIo::new(Idle::new(stream, limits, on_stall.clone()));
-        let connection = builder
-            .serve_connection_with_upgrades(io, service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let idle = Idle::new(stream, limits, on_stall.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(error) = connection.await {
+            let served = match tls {
+                None => {
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(idle), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(limits.header_timeout, acceptor.accept(idle)).await;
+                    let stream = match handshake {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%remote, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%remote, "TLS handshake too slow; closed");
+                            return;
+                        }
+                    };
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+            };
+            if let Err(error) = served {
                 tracing::debug!(%remote, %error, "connection ended with an error");
             }
         });

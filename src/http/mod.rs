@@ -8,6 +8,7 @@ pub mod conn;
 pub mod hls;
 mod origin;
 pub mod publish;
+pub mod tls;
 mod view;
 mod ws;
 
@@ -61,6 +62,9 @@ pub struct HttpConfig {
     pub cors_origins: Vec<String>,
     /// A presenter that sends no media for this long is ended, and the input resumes.
     pub presenter_idle: Duration,
+    /// Whether this listener speaks TLS (set by the server from `--tls-cert`): our pages'
+    /// origin is then `https://`.
+    pub tls: bool,
 }
 
 impl Default for HttpConfig {
@@ -70,6 +74,7 @@ impl Default for HttpConfig {
             allowed_hosts: Vec::new(),
             cors_origins: Vec::new(),
             presenter_idle: Duration::from_secs(5),
+            tls: false,
         }
     }
 }

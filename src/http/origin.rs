@@ -30,9 +30,6 @@ pub struct ForbiddenHost(pub String);
 
 impl warp::reject::Reject for ForbiddenHost {}
 
-/// The scheme our pages are served with (no TLS on this listener).
-const SCHEME: &str = "http://";
-
 /// The name part of a Host header (`name`, `name:port`, `[v6]:port`), lowercased.
 fn host_name(host: &str) -> String {
     let name = if let Some(rest) = host.strip_prefix('[') {
@@ -67,11 +64,13 @@ pub fn allowed(origin: Option<&str>, host: Option<&str>, config: &HttpConfig) ->
     if listed(origin, &config.allowed_origins) {
         return true;
     }
-    // Same origin means same scheme too: an https page is not this http server's page.
+    // Same origin means same scheme too: an https page is not an http server's page, nor
+    // the other way round.
+    let scheme = if config.tls { "https://" } else { "http://" };
     let authority = origin
-        .get(..SCHEME.len())
-        .filter(|scheme| scheme.eq_ignore_ascii_case(SCHEME))
-        .map(|_| &origin[SCHEME.len()..]);
+        .get(..scheme.len())
+        .filter(|s| s.eq_ignore_ascii_case(scheme))
+        .map(|_| &origin[scheme.len()..]);
     matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
 }
 
