@@ -213,9 +213,16 @@ async fn wait_for_part(mirror: &HlsMirror, msn: u64, index: u64) {
     if *progress.borrow_and_update() != hinted {
         return;
     }
-    let written = |p: &Progress| p.msn > msn || (p.msn == msn && p.parts > index);
+    // Written, or its segment ended without it: the same test as a reload for that part.
+    let reload = Reload {
+        msn,
+        part: Some(index),
+    };
     let _ = tokio::time::timeout(part_target * 3, async {
-        progress.wait_for(written).await.map(|_| ())
+        progress
+            .wait_for(|p| reload.satisfied_by(*p))
+            .await
+            .map(|_| ())
     })
     .await;
 }
