@@ -180,13 +180,14 @@ export const STATUS_POLL_MS = 2000;
 
 /** The HLS mime type, for the native player's canPlayType. */
 export const HLS_MIME = 'application/vnd.apple.mpegurl';
-/** hls.js settings for a live playlist of 1 s segments. */
+/** hls.js settings for the mirror's Low-Latency HLS playlist (1 s segments, ~200 ms parts). */
 export const HLS_JS_CONFIG = Object.freeze({
   enableWorker: true, // demux TS off the main thread
-  lowLatencyMode: false, // the mirror writes whole segments, no LL-HLS parts to load
-  liveSyncDurationCount: 2, // start two segments behind the playlist's newest end...
-  liveMaxLatencyDurationCount: 5, // ...jump back to that point when five behind...
-  maxLiveSyncPlaybackRate: 1.2, // ...and play up to 20 % faster to close smaller gaps
+  // Load parts and reload with blocking requests (_HLS_msn/_HLS_part). No liveSync* setting
+  // here on purpose: without one, hls.js keeps the playlist's PART-HOLD-BACK (3 × PART-TARGET,
+  // about 1 s) behind the newest part, which the server sizes to its parts.
+  lowLatencyMode: true,
+  maxLiveSyncPlaybackRate: 1.2, // play up to 20 % faster to get back to that after a stall
   backBufferLength: 10, // seconds of played media kept, so the buffer never fills up
 });
 /** First wait before the HLS player retries; doubles on every failure... */

@@ -1,5 +1,6 @@
-// lenscast's HLS player: the server's H.264 mirror (1 s MPEG-TS segments, a sliding playlist
-// with PROGRAM-DATE-TIME), for browsers whose MSE cannot take WebM, for /?hls and for hls.html.
+// lenscast's HLS player: the server's H.264 mirror (1 s MPEG-TS segments of ~200 ms Low-Latency
+// HLS parts, a sliding playlist with PROGRAM-DATE-TIME), for browsers whose MSE cannot take
+// WebM, for /?hls and for hls.html.
 // hls.js where it works, the browser's own HLS where only that does.
 
 import {

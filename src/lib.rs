@@ -24,7 +24,8 @@
 //!   at once, and fans chunks out from a ring bounded in chunks and bytes; a viewer that falls
 //!   off the ring skips to the next keyframe Cluster.
 //! - [`hls`]: the HLS mirror: the same annotated pictures encoded again to H.264, cut into
-//!   MPEG-TS segments with a sliding live playlist, written atomically into a run directory.
+//!   MPEG-TS segments and Low-Latency HLS parts with a sliding live playlist, written
+//!   atomically into a run directory.
 //! - [`http`]: warp routes: pages, viewers (`/ws/view`, `/live.webm`), presenters
 //!   (`/ws/publish`, `PUT /publish`), `/api/status`, `/healthz`.
 //! - [`latency`]: glass-to-glass latency: the server clock the pages sync to, the capture

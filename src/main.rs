@@ -98,6 +98,11 @@ struct ServeArgs {
     #[arg(long, default_value = "1", value_name = "SECONDS", value_parser = seconds(0.5, 10.0))]
     hls_segment: Duration,
 
+    /// Length of a Low-Latency HLS part in milliseconds (hls.js and Safari then play about a
+    /// second behind instead of several segments); 0 writes plain HLS, whole segments only.
+    #[arg(long, default_value_t = 200, value_name = "MS", value_parser = hls_part_ms)]
+    hls_part_ms: u64,
+
     /// Turn the HLS mirror off (no H.264 encode, no /hls/ files).
     #[arg(long)]
     no_hls: bool,
@@ -231,6 +236,17 @@ fn seconds(min: f64, max: f64) -> impl Fn(&str) -> Result<Duration, String> + Cl
     }
 }
 
+/// `--hls-part-ms`: 0 (no parts) or 50..=2000 ms; a part must stay shorter than a segment.
+fn hls_part_ms(text: &str) -> Result<u64, String> {
+    let ms: u64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number of milliseconds"))?;
+    if ms != 0 && !(50..=2000).contains(&ms) {
+        return Err(format!("{ms} ms is outside 50..2000 (or 0 for no parts)"));
+    }
+    Ok(ms)
+}
+
 /// `800k`, `1.5M` or `1000000` to bits per second.
 fn parse_bitrate(text: &str) -> Result<usize, String> {
     let (number, scale) = match text.strip_suffix(['k', 'K']) {
@@ -310,6 +326,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         hls: (!args.no_hls).then(|| HlsConfig {
             segment: args.hls_segment,
+            part: (args.hls_part_ms > 0).then(|| Duration::from_millis(args.hls_part_ms)),
             bitrate: args.bitrate,
             ..HlsConfig::default()
         }),

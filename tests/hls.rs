@@ -121,14 +121,18 @@ fn a_live_playlist_of_whole_keyframe_segments() {
         segment: Duration::from_secs(1),
         window: 3,
         parent_dir: Some(parent.path().to_path_buf()),
+        // Plain HLS: the playlist exactly as before Low-Latency parts (those are tested in
+        // the next test and in tests/hls_server.rs).
+        part: None,
         ..HlsConfig::default()
     })
     .expect("the mirror starts");
     let dir = mirror.dir().to_path_buf();
     assert!(dir.starts_with(parent.path()) && dir.is_dir());
 
-    // Ten seconds and one frame: the frame at 10 s closes the tenth segment.
-    let frames = 10 * FPS + 1;
+    // Ten seconds and two frames: the keyframe at 10 s closes the tenth segment when it is
+    // written, which is when the frame after it gives it its duration.
+    let frames = 10 * FPS + 2;
     let started = Instant::now();
     let mut averages = Vec::new();
     offer_paced(&mirror, 640, 480, frames, |_| {
@@ -320,26 +324,41 @@ fn files_stay_bounded_over_a_minute_of_video() {
     })
     .unwrap();
     let dir = mirror.dir().to_path_buf();
-    let mut most_files = 0;
+    // (segment files, part files) each second.
     let mut counts = Vec::new();
-    offer_paced(&mirror, 160, 120, 60 * FPS + 1, |index| {
+    offer_paced(&mirror, 160, 120, 60 * FPS + 2, |index| {
         if index % FPS == 0 {
             let files = files_in(&dir);
-            most_files = most_files.max(files.len());
-            counts.push(files.len());
+            let segments = files.iter().filter(|f| f.starts_with("seg-")).count();
+            let parts = files.iter().filter(|f| f.starts_with("part-")).count();
+            let others = files.len() - segments - parts;
+            assert!(others <= 1 && (others == 0 || files.contains(&"live.m3u8".to_string())));
+            counts.push((segments, parts));
         }
     });
     let status = wait_for(&mirror, "segment 59", |s| s.latest_sequence == Some(59));
-    eprintln!("160x120: {status:?}; files per second: {counts:?}");
-    // At most 3 listed + 4 retired segments and the playlist, from the 8th second on.
-    assert!(most_files <= 8, "{counts:?}");
-    assert!(counts[10..].iter().all(|&n| n == 8), "{counts:?}");
+    eprintln!("160x120: {status:?}; (segments, parts) per second: {counts:?}");
+    // At most 3 listed + 4 retired segments, from the 8th second on, and their 5 parts each,
+    // plus 4 of the segment still open (its 5th part is cut with it, by the next frame).
+    assert!(
+        counts.iter().all(|&(s, p)| s <= 7 && p <= 5 * 7 + 4),
+        "{counts:?}"
+    );
+    assert!(counts[10..].iter().all(|&c| c == (7, 39)), "{counts:?}");
     assert_eq!(status.segments_on_disk, 7);
+    assert_eq!(status.parts_on_disk, 35);
     let playlist = std::fs::read_to_string(dir.join("live.m3u8")).unwrap();
     assert!(
         playlist.contains("#EXT-X-MEDIA-SEQUENCE:57\n"),
         "{playlist}"
     );
+    // Parts are listed for the last three target durations only.
+    assert!(!playlist.contains("part-56."), "{playlist}");
+    assert!(
+        playlist.contains("\"part-57.0.ts\",INDEPENDENT=YES"),
+        "{playlist}"
+    );
+    assert!(playlist.contains("\"part-59.4.ts\""), "{playlist}");
     drop(mirror);
     assert!(!dir.exists());
     assert_eq!(files_in(parent.path()), Vec::<String>::new());
@@ -386,7 +405,7 @@ fn the_first_size_stays_and_odd_sides_are_made_even() {
         ..HlsConfig::default()
     })
     .unwrap();
-    for index in 0..2 * FPS + 1 {
+    for index in 0..2 * FPS + 2 {
         // A different size halfway: scaled to the first one's.
         let (width, height) = if index < FPS { (161, 121) } else { (320, 240) };
         mirror.offer(&picture(width, height, index), pts(index));

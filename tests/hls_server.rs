@@ -1,5 +1,6 @@
 //! The HLS mirror as viewers and caches see it: through the real HTTP routes, judged by the
-//! real ffmpeg; plus a soak of the real binary for disk and memory creep.
+//! real ffmpeg; Low-Latency HLS's blocking reloads and hinted parts as hls.js and Safari use
+//! them; plus a soak of the real binary for disk and memory creep.
 
 mod common;
 
@@ -8,6 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use lenscast::hls::HlsConfig;
+use lenscast::http::HttpConfig;
+use lenscast::server::ServerConfig;
 use lenscast::source::Input;
 
 /// (media sequence, [(EXTINF seconds, uri)], target duration) of a live playlist.
@@ -117,9 +121,16 @@ async fn the_live_playlist_plays_in_ffmpeg_and_slides() {
     }
     // A removed segment stays available for its duration plus the playlist's (the HLS spec's
     // rule for servers): 2 × window + 1 segments, up to 2 more until the next publish deletes
-    // them, and the playlist.
-    let files = published_files(server.hls.as_ref().unwrap().dir());
-    assert!(files <= 2 * 3 + 4, "{files} files for a 3-segment window");
+    // them; their parts go with them.
+    let (segments_on_disk, parts_on_disk) = published_files(server.hls.as_ref().unwrap().dir());
+    assert!(
+        segments_on_disk <= 2 * 3 + 3,
+        "{segments_on_disk} segments for a 3-segment window"
+    );
+    assert!(
+        parts_on_disk <= PARTS_PER_SEGMENT * (segments_on_disk + 1),
+        "{parts_on_disk} parts for {segments_on_disk} segments"
+    );
 
     // Not yet written, or outside the directory: 404, never another file.
     for path in [
@@ -176,17 +187,24 @@ async fn a_passthrough_source_gets_a_mirror_too() {
     );
 }
 
-/// Files in the HLS directory, not counting a `.tmp` caught mid-write (renamed a moment later).
-fn published_files(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir)
+/// (segment files, part files) in the HLS directory, not counting a `.tmp` caught mid-write
+/// (renamed a moment later).
+fn published_files(dir: &std::path::Path) -> (usize, usize) {
+    let names: Vec<String> = std::fs::read_dir(dir)
         .map(|entries| {
             entries
                 .filter_map(Result::ok)
-                .filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp"))
-                .count()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|name| !name.ends_with(".tmp"))
+                .collect()
         })
-        .unwrap_or(0)
+        .unwrap_or_default();
+    let count = |prefix: &str| names.iter().filter(|n| n.starts_with(prefix)).count();
+    (count("seg-"), count("part-"))
 }
+
+/// Parts in a 1 s segment (200 ms nominal; a few more at odd frame rates, never 2 × as many).
+const PARTS_PER_SEGMENT: usize = 6;
 
 fn rss_kib(pid: u32) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -204,7 +222,18 @@ async fn hours_of_streaming_do_not_creep_soak() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(180);
-    let (server, url) = spawn_binary(&["serve", "--listen", "127.0.0.1:0"], Stdio::null());
+    // A source with audio, so the mirror's AAC path and its LL-HLS parts run the whole time.
+    let input = fixture_path("face-opus.webm");
+    let (server, url) = spawn_binary(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--input",
+            input.to_str().unwrap(),
+        ],
+        Stdio::null(),
+    );
     let pid = server.id();
     let server = KillOnDrop(server);
     let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
@@ -219,17 +248,22 @@ async fn hours_of_streaming_do_not_creep_soak() {
     let mut samples = Vec::new();
     while started.elapsed() < Duration::from_secs(seconds) {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let files = published_files(&hls_dir);
+        let (segments, parts) = published_files(&hls_dir);
+        assert!(
+            parts <= PARTS_PER_SEGMENT * (segments + 1),
+            "{parts} parts for {segments} segments"
+        );
+        let files = segments;
         // Keep fetching the playlist like an HLS player would.
         let (code, _, _) = http_get(addr, "/hls/live.m3u8", Duration::from_secs(2)).await;
         assert_eq!(code, 200);
         samples.push((started.elapsed().as_secs(), files, rss_kib(pid)));
     }
-    eprintln!("soak samples (s, files, rss KiB): {samples:?}");
+    eprintln!("soak samples (s, segment files, rss KiB): {samples:?}");
     // Window 6 (the default): 2 × 6 + 1 segments by the retention rule, up to 2 more waiting
-    // for the next publish to delete them, and the playlist.
+    // for the next publish to delete them (their parts were checked against them above).
     assert!(
-        samples.iter().all(|(_, files, _)| *files <= 2 * 6 + 4),
+        samples.iter().all(|(_, files, _)| *files <= 2 * 6 + 3),
         "{samples:?}"
     );
     // And no upward trend: the second half never holds more than the first half did.
@@ -244,6 +278,9 @@ async fn hours_of_streaming_do_not_creep_soak() {
         last <= warm + warm / 10 + 8 * 1024,
         "RSS grew from {warm} KiB to {last} KiB: {samples:?}"
     );
+    let hls = status(addr).await["hls"].clone();
+    assert_eq!(hls["audio"], true, "{hls}");
+    assert_eq!(hls["error"], serde_json::Value::Null, "{hls}");
     let received = webm_viewer.await.unwrap();
     assert!(!received.closed);
     assert_decodes_from_start("soak viewer", &received.bytes);
@@ -266,4 +303,231 @@ async fn the_hls_directory_is_removed_when_the_server_stops() {
         .unwrap();
     assert!(exited.success(), "{exited:?}");
     assert!(!dir.exists(), "{} is still there", dir.display());
+}
+
+/// A part as (media sequence number, index in its segment).
+type PartId = (u64, u64);
+
+/// The newest part the playlist lists and the part its preload hint names.
+fn newest_part_and_hint(text: &str) -> (Option<PartId>, Option<PartId>) {
+    let parse = |uri: &str| {
+        let (msn, index) = uri
+            .strip_prefix("part-")?
+            .strip_suffix(".ts")?
+            .split_once('.')?;
+        Some((msn.parse().ok()?, index.parse().ok()?))
+    };
+    fn uri_of(line: &str) -> Option<&str> {
+        line.split("URI=\"").nth(1)?.split('"').next()
+    }
+    let newest = text
+        .lines()
+        .filter(|l| l.starts_with("#EXT-X-PART:"))
+        .filter_map(uri_of)
+        .filter_map(parse)
+        .next_back();
+    let hint = text
+        .lines()
+        .find(|l| l.starts_with("#EXT-X-PRELOAD-HINT:TYPE=PART,"))
+        .and_then(uri_of)
+        .and_then(parse);
+    (newest, hint)
+}
+
+/// Whether the playlist lists part `uri` (in an EXT-X-PART tag, not merely as the hint).
+fn lists_part(text: &str, uri: &str) -> bool {
+    let attribute = format!("URI=\"{uri}\"");
+    text.lines()
+        .any(|l| l.starts_with("#EXT-X-PART:") && l.contains(&attribute))
+}
+
+async fn playlist_text(addr: SocketAddr, query: &str) -> (u16, String, String, Duration) {
+    let started = Instant::now();
+    let (code, head, body) = http_get(
+        addr,
+        &format!("/hls/live.m3u8{query}"),
+        Duration::from_secs(10),
+    )
+    .await;
+    (
+        code,
+        head.to_ascii_lowercase(),
+        String::from_utf8_lossy(&body).to_string(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_latency_hls_blocking_reloads_and_hinted_parts() {
+    let config = ServerConfig {
+        hls: Some(HlsConfig {
+            window: 3,
+            ..HlsConfig::default()
+        }),
+        http: HttpConfig {
+            cors_origins: vec!["https://player.example".to_string()],
+            ..HttpConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = start_server(config, Some(Input::File(fixture_path("face.webm")))).await;
+    let addr = server.addr;
+    wait_for_segments(addr, 2).await;
+    let (_, _, text, _) = playlist_text(addr, "").await;
+    assert!(
+        text.contains("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.002\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("#EXT-X-PART-INF:PART-TARGET=0.334\n"),
+        "{text}"
+    );
+    assert!(text.contains(",INDEPENDENT=YES\n"), "{text}");
+
+    // A blocking reload for the part after the newest: answered once the playlist lists it
+    // (or the segment ended instead, which is "later" too), and within about a part's time.
+    for _ in 0..6 {
+        let (_, _, text, _) = playlist_text(addr, "").await;
+        let ((msn, index), _) = match newest_part_and_hint(&text) {
+            (Some(newest), hint) => (newest, hint),
+            (None, _) => panic!("no parts listed: {text}"),
+        };
+        // As hls.js asks: the next part of the open segment, or the first of the next one
+        // when the newest part ended a segment.
+        let (msn, part) = if text.contains(&format!("\nseg-{msn}.ts\n")) {
+            (msn + 1, 0)
+        } else {
+            (msn, index + 1)
+        };
+        let query = format!("?_HLS_msn={msn}&_HLS_part={part}");
+        let (code, head, after, waited) = playlist_text(addr, &query).await;
+        assert_eq!(code, 200, "{query}: {after}");
+        assert!(head.contains("cache-control: no-cache"), "{head}");
+        let next = format!("part-{msn}.{part}.ts");
+        let ended = format!("\nseg-{msn}.ts\n");
+        assert!(
+            lists_part(&after, &next) || (after.contains(&ended) && !text.contains(&ended)),
+            "{query} answered without the part: {after}"
+        );
+        assert!(
+            !lists_part(&text, &next),
+            "the part was already listed: {text}"
+        );
+        assert!(waited < Duration::from_millis(1500), "{query}: {waited:?}");
+    }
+    // _HLS_msn alone waits for the whole segment.
+    let (_, _, text, _) = playlist_text(addr, "").await;
+    // The hint always names a part of the segment being written.
+    let (_, Some((open_msn, _))) = newest_part_and_hint(&text) else {
+        panic!("{text}");
+    };
+    let (code, _, after, waited) = playlist_text(addr, &format!("?_HLS_msn={open_msn}")).await;
+    assert_eq!(code, 200);
+    assert!(
+        after.contains(&format!("\nseg-{open_msn}.ts\n")),
+        "{waited:?}: {after}"
+    );
+    assert!(waited < Duration::from_millis(2500), "{waited:?}");
+
+    // Nonsense and the too-far future are refused at once (RFC 8216bis 6.2.5.2).
+    for (query, why) in [
+        (
+            format!("?_HLS_msn={}", open_msn + 10),
+            "more than two segments",
+        ),
+        (
+            format!("?_HLS_msn={}&_HLS_part=50", open_msn + 1),
+            "parts past",
+        ),
+        ("?_HLS_part=1".to_string(), "_HLS_part needs _HLS_msn"),
+        ("?_HLS_msn=abc".to_string(), "decimal number"),
+        ("?_HLS_msn=-1".to_string(), "decimal number"),
+        ("?_HLS_msn=1&_HLS_msn=2".to_string(), "twice"),
+    ] {
+        let (code, head, body, waited) = playlist_text(addr, &query).await;
+        assert_eq!(code, 400, "{query}: {body}");
+        assert!(body.contains(why), "{query}: {body}");
+        assert!(head.contains("cache-control: no-store"), "{head}");
+        assert!(waited < Duration::from_millis(300), "{query}: {waited:?}");
+    }
+    // An unrelated query is no directive: the playlist at once, as before.
+    let (code, _, body, waited) = playlist_text(addr, "?t=12345").await;
+    assert_eq!(code, 200);
+    assert!(body.starts_with("#EXTM3U\n") && waited < Duration::from_millis(300));
+
+    // The hinted part, requested before it exists, is sent once written. A hint for a 6th
+    // part may end with the segment instead (404 then), so take one from inside a segment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, text, _) = playlist_text(addr, "").await;
+        let (_, Some((msn, index))) = newest_part_and_hint(&text) else {
+            panic!("no preload hint: {text}");
+        };
+        if !(1..=3).contains(&index) {
+            assert!(Instant::now() < deadline, "no hint inside a segment");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let path = format!("/hls/part-{msn}.{index}.ts");
+        let started = Instant::now();
+        let (code, head, body) = http_get(addr, &path, Duration::from_secs(5)).await;
+        let waited = started.elapsed();
+        assert_eq!(code, 200, "{path} after {waited:?}");
+        assert!(head.to_ascii_lowercase().contains("immutable"), "{head}");
+        assert!(waited < Duration::from_millis(1000), "{path}: {waited:?}");
+        assert!(
+            !body.is_empty() && body.len() % 188 == 0 && body[0] == 0x47,
+            "{path}: {} bytes",
+            body.len()
+        );
+        // It is the part the playlist then lists, byte for byte the same file.
+        let (_, _, after, _) = playlist_text(addr, "").await;
+        assert!(
+            lists_part(&after, &format!("part-{msn}.{index}.ts")),
+            "{after}"
+        );
+        break;
+    }
+    // A part far from the hint is no wait: 404 at once.
+    let started = Instant::now();
+    let (code, _, _) = http_get(addr, "/hls/part-999999.0.ts", Duration::from_secs(5)).await;
+    assert_eq!(code, 404);
+    assert!(started.elapsed() < Duration::from_millis(300));
+
+    // Blocking answers still carry CORS for the listed origin, and HEAD blocks the same way.
+    let (_, _, text, _) = playlist_text(addr, "").await;
+    let (Some((msn, index)), _) = newest_part_and_hint(&text) else {
+        panic!("{text}");
+    };
+    let query = format!("/hls/live.m3u8?_HLS_msn={msn}&_HLS_part={}", index + 1);
+    let origin = [("Origin", "https://player.example")];
+    let (code, head, _) = http_request(addr, "GET", &query, &origin, Duration::from_secs(5)).await;
+    assert_eq!(code, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("access-control-allow-origin: https://player.example"),
+        "{head}"
+    );
+    let (code, head, body) =
+        http_request(addr, "HEAD", &query, &origin, Duration::from_secs(5)).await;
+    assert_eq!((code, body.len()), (200, 0), "{head}");
+
+    // Plain HLS players read the same playlist: ffmpeg ignores the part tags and plays the
+    // whole segments.
+    let url = format!("http://{addr}/hls/live.m3u8");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("ffmpeg")
+            .args([
+                "-nostdin", "-v", "error", "-i", &url, "-t", "3", "-f", "null", "-",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && errors.is_empty(), "{errors}");
+    let status = status(addr).await;
+    assert_eq!(status["hls"]["part_duration_s"], 0.2);
+    assert!(status["hls"]["parts_on_disk"].as_u64().unwrap() > 0);
 }

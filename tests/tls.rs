@@ -165,7 +165,10 @@ async fn a_wss_viewer_watches_an_https_publish() {
     let status: serde_json::Value = serde_json::from_slice(&status_body).unwrap();
     assert_eq!(status["source"]["presenter"], true, "{status}");
     assert_eq!(status["pipeline"]["input"], "presenter:http", "{status}");
-    assert!(status["pipeline"]["frames_in"].as_u64().unwrap() > 30, "{status}");
+    assert!(
+        status["pipeline"]["frames_in"].as_u64().unwrap() > 30,
+        "{status}"
+    );
     put.write_all(b"0\r\n\r\n").await.unwrap();
     let mut answer = vec![0u8; 512];
     let n = tokio::time::timeout(Duration::from_secs(5), put.read(&mut answer))

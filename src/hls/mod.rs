@@ -6,15 +6,24 @@
 //! when the queue is full the picture is dropped and counted), and [`HlsMirror::offer_audio`]
 //! the source's Opus packets → the mirror's own thread turns the Opus into AAC
 //! ([`crate::media::audio`]) and runs the [`segmenter`] (libx264, one IDR per segment, audio
-//! and pictures interleaved, each segment muxed into memory) →
-//! [`run_dir`] writes each segment and then the [`playlist`] atomically into a directory made
-//! for this run, and deletes old segments. `http::hls` serves the files from there.
+//! and pictures interleaved, each segment muxed into memory and cut into parts of about
+//! 200 ms) → [`run_dir`] writes each part and segment and then the [`playlist`] atomically
+//! into a directory made for this run, deletes old files, and sends the new [`Progress`] →
+//! `http::hls` serves the files from there, holding blocking playlist reloads and
+//! preload-hinted part requests until the progress they wait for arrives.
 //!
-//! Segments are MPEG-TS, not fragmented MP4: every HLS player (Safari, hls.js, Android's
-//! ExoPlayer, VLC, ffmpeg) plays TS, each TS segment carries its own PAT/PMT and SPS/PPS so it
-//! needs no init segment (one file kind less to write, serve and keep consistent), and the
-//! playlist can stay at version 3. fMP4 would save a few percent of TS packet overhead, which
-//! does not matter at our bitrates.
+//! Low-Latency HLS (RFC 8216bis): the playlist lists the parts of its last few segments and
+//! of the segment being written, hints the next part, and the server blocks reloads, so a
+//! player can play about a second behind the picture instead of several segments. Whole
+//! segments are written and listed as before, so players without LL-HLS (ffmpeg, older
+//! players) play the same playlist unchanged. [`HlsConfig::part`] `None` turns parts off.
+//!
+//! Segments and parts are MPEG-TS, not fragmented MP4: every HLS player (Safari, hls.js,
+//! Android's ExoPlayer, VLC, ffmpeg) plays TS, each TS segment carries its own PAT/PMT and
+//! SPS/PPS so it needs no init segment (one file kind less to write, serve and keep
+//! consistent), FFmpeg's mpegts muxer repeats PAT/PMT every 100 ms (its default `pat_period`)
+//! so every part carries them too, and the playlist can stay at version 3. fMP4 would save a
+//! few percent of TS packet overhead, which does not matter at our bitrates.
 //!
 //! Audio: a source with an Opus track gives the mirror an AAC stream from then on, for its
 //! whole life (players cannot add a track mid-stream, and they stop at a hole in one), so a
@@ -23,8 +32,9 @@
 //!
 //! Nothing grows with time: the queue is bounded, a segment's bytes live in memory only until
 //! written, the playlist holds `window` segments, and the directory keeps about
-//! `2 × window + 1` segment files (see [`run_dir`] for the deletion rule). The directory is
-//! removed when the mirror is dropped, and one left by a killed process at the next start.
+//! `2 × window + 1` segment files and their parts (see [`run_dir`] for the deletion rule). The
+//! directory is removed when the mirror is dropped, and one left by a killed process at the
+//! next start.
 
 pub mod playlist;
 pub mod run_dir;
@@ -39,6 +49,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ffmpeg::util::frame::Video as VideoFrame;
 use ffmpeg_next as ffmpeg;
+use tokio::sync::watch;
 
 use bytes::Bytes;
 
@@ -47,7 +58,7 @@ use crate::media::audio::{samples_from_nanos, AacEncoder, AudioError};
 use crate::media::decode::DecodeError;
 use playlist::Playlist;
 use run_dir::RunDir;
-use segmenter::{Segmenter, SegmenterConfig};
+use segmenter::{Finished, Segmenter, SegmenterConfig};
 
 /// The playlist's file name (and URL path segment).
 pub const PLAYLIST_NAME: &str = "live.m3u8";
@@ -68,6 +79,11 @@ pub fn segment_name(sequence: u64) -> String {
     format!("seg-{sequence}.ts")
 }
 
+/// The file name of part `index` (from 0) of segment `sequence`.
+pub fn part_name(sequence: u64, index: u64) -> String {
+    format!("part-{sequence}.{index}.ts")
+}
+
 /// What a name in the run directory is, if it is one we serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
@@ -75,19 +91,56 @@ pub enum FileKind {
     Playlist,
     /// `seg-<n>.ts`.
     Segment,
+    /// `part-<msn>.<index>.ts`, part `index` of segment `msn`.
+    Part { msn: u64, index: u64 },
 }
 
-/// Classifies a requested file name: exactly `live.m3u8` or `seg-<digits>.ts`, nothing else
-/// (so no `..`, no slashes, no percent escapes, no `.tmp` files can ever be named).
+/// Classifies a requested file name: exactly `live.m3u8`, `seg-<digits>.ts` or
+/// `part-<digits>.<digits>.ts`, nothing else (so no `..`, no slashes, no percent escapes, no
+/// `.tmp` files can ever be named).
 pub fn file_kind(name: &str) -> Option<FileKind> {
     if name == PLAYLIST_NAME {
         return Some(FileKind::Playlist);
     }
-    let digits = name.strip_prefix("seg-")?.strip_suffix(".ts")?;
-    // Twenty digits hold any u64; longer names cannot be ours.
-    let ours =
-        !digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|b| b.is_ascii_digit());
-    ours.then_some(FileKind::Segment)
+    if let Some(digits) = name
+        .strip_prefix("seg-")
+        .and_then(|n| n.strip_suffix(".ts"))
+    {
+        // Twenty digits hold any u64; longer names cannot be ours.
+        let ours =
+            !digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|b| b.is_ascii_digit());
+        return ours.then_some(FileKind::Segment);
+    }
+    let (msn, index) = name
+        .strip_prefix("part-")?
+        .strip_suffix(".ts")?
+        .split_once('.')?;
+    // Written as we write them, without leading zeros: a request for a part may wait for it
+    // (see http::hls), and it must wait for a name that can appear.
+    Some(FileKind::Part {
+        msn: canonical_number(msn, 20)?,
+        index: canonical_number(index, 6)?,
+    })
+}
+
+/// A decimal number of at most `max_digits` ASCII digits, without a leading zero.
+fn canonical_number(digits: &str, max_digits: usize) -> Option<u64> {
+    let ours = !digits.is_empty()
+        && digits.len() <= max_digits
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    ours.then(|| digits.parse().ok()).flatten()
+}
+
+/// What the published playlist contains, for requests that wait for more (blocking playlist
+/// reload, RFC 8216bis §6.2.5.2, and preload-hinted parts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The media sequence number of the segment being written: every segment before it is
+    /// complete (published, or skipped after an error).
+    pub msn: u64,
+    /// How many parts of segment `msn` are listed.
+    pub parts: u64,
 }
 
 /// Why the HLS mirror failed.
@@ -135,6 +188,9 @@ pub struct HlsConfig {
     /// and runs beside the frame path on every live source: on a small machine the CPU it
     /// takes is latency for the WebM viewers (the latency bench measured it).
     pub preset: String,
+    /// Nominal Low-Latency HLS part length (parts are cut on the first picture at or past
+    /// it); `None` writes plain HLS, whole segments only.
+    pub part: Option<Duration>,
 }
 
 impl Default for HlsConfig {
@@ -145,8 +201,25 @@ impl Default for HlsConfig {
             bitrate: 1_000_000,
             parent_dir: None,
             preset: "ultrafast".to_string(),
+            part: Some(DEFAULT_PART),
         }
     }
+}
+
+/// The nominal part length: five parts per 1 s segment.
+pub const DEFAULT_PART: Duration = Duration::from_millis(200);
+
+/// The slowest frame rate whose parts still fit the declared PART-TARGET: a part ends on the
+/// first picture at or past its nominal length, so it can be up to one frame interval longer.
+/// 7.5 fps (133 ms between pictures) covers webcams in poor light; a slower source makes
+/// longer parts than declared, which players tolerate (they only pace reloads by it).
+const SLOWEST_FPS_FOR_PARTS: f64 = 7.5;
+
+/// EXT-X-PART-INF's PART-TARGET for parts of nominally `part`: `part` plus one frame interval
+/// at the slowest frame rate, rounded up to the millisecond (0.334 s for 200 ms).
+pub fn part_target(part: Duration) -> Duration {
+    let longest = part.as_secs_f64() + 1.0 / SLOWEST_FPS_FOR_PARTS;
+    Duration::from_millis((longest * 1000.0).ceil() as u64)
 }
 
 /// Figures for `/api/status`.
@@ -164,8 +237,14 @@ pub struct HlsStatus {
     pub frames_encoded: u64,
     /// Pictures not encoded: the queue was full, or they were out of order.
     pub frames_dropped: u64,
+    /// Part files in the directory (of the open, listed and recently removed segments).
+    pub parts_on_disk: usize,
     /// The nominal segment length.
     pub segment_duration_s: f64,
+    /// The nominal part length; `None` without Low-Latency HLS parts.
+    pub part_duration_s: Option<f64>,
+    /// The playlist's PART-TARGET (the longest a part should be).
+    pub part_target_s: Option<f64>,
     /// The playlist's EXT-X-TARGETDURATION.
     pub target_duration_s: u64,
     /// Whether the segments carry audio (AAC from the source's Opus).
@@ -224,6 +303,10 @@ pub struct HlsMirror {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
     dir: PathBuf,
+    /// Follows the published playlist; the sender lives with the run directory.
+    progress: watch::Receiver<Progress>,
+    /// The playlist's PART-TARGET, when parts are on.
+    part_target: Option<Duration>,
 }
 
 impl HlsMirror {
@@ -233,13 +316,27 @@ impl HlsMirror {
         crate::media::decode::init();
         ffmpeg::encoder::find_by_name("libx264").ok_or(HlsError::NoEncoder)?;
         let segment = config.segment.max(Duration::from_millis(100));
+        // Parts shorter than 50 ms would be a playlist line per frame or two; parts as long
+        // as a segment are no parts.
+        let part = config
+            .part
+            .filter(|part| !part.is_zero())
+            .map(|part| part.clamp(Duration::from_millis(50), segment));
+        let part_target = part.map(part_target);
         let parent = config.parent_dir.clone().unwrap_or_else(std::env::temp_dir);
         run_dir::sweep_stale(&parent);
-        let run_dir = RunDir::create(&parent, Playlist::new(segment, config.window))?;
+        let playlist = match part_target {
+            Some(target) => Playlist::low_latency(segment, config.window, target),
+            None => Playlist::new(segment, config.window),
+        };
+        let run_dir = RunDir::create(&parent, playlist)?;
         let dir = run_dir.path().to_path_buf();
+        let progress = run_dir.subscribe();
         let shared = Arc::new(Shared {
             status: Mutex::new(HlsStatus {
                 segment_duration_s: segment.as_secs_f64(),
+                part_duration_s: part.map(|p| p.as_secs_f64()),
+                part_target_s: part_target.map(|p| p.as_secs_f64()),
                 target_duration_s: run_dir.playlist().target_duration,
                 dir: dir.clone(),
                 ..HlsStatus::default()
@@ -252,6 +349,7 @@ impl HlsMirror {
         let (queue, pictures) = mpsc::sync_channel(QUEUE_ALL);
         let segmenter = SegmenterConfig {
             segment,
+            part,
             bitrate: config.bitrate,
             preset: config.preset.clone(),
         };
@@ -276,6 +374,8 @@ impl HlsMirror {
             shared,
             thread: Mutex::new(Some(thread)),
             dir,
+            progress,
+            part_target,
         })
     }
 
@@ -348,6 +448,29 @@ impl HlsMirror {
         &self.dir
     }
 
+    /// Follows what the published playlist contains: changes after each playlist write, and
+    /// is closed (`changed()` fails) once the mirror has stopped. One receiver per waiting
+    /// request is all a wait costs.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.clone()
+    }
+
+    /// The playlist's PART-TARGET; `None` without parts.
+    pub fn part_target(&self) -> Option<Duration> {
+        self.part_target
+    }
+
+    /// The playlist's EXT-X-TARGETDURATION as it is now.
+    pub fn target_duration(&self) -> Duration {
+        let seconds = self
+            .shared
+            .status
+            .lock()
+            .expect("hls status lock")
+            .target_duration_s;
+        Duration::from_secs(seconds)
+    }
+
     /// Stops the thread and removes the run directory; later offers are dropped. For shutdown
     /// while other owners (an `Arc` in the pipeline or the routes) may still hold the mirror:
     /// a process that exits with threads still running never runs their destructors.
@@ -395,6 +518,9 @@ struct Worker {
     anchor: Option<(i64, SystemTime)>,
     /// (timestamp, wall-clock arrival) of recent pictures, to keep the dates near real time.
     arrivals: std::collections::VecDeque<(i64, SystemTime)>,
+    /// (start, PROGRAM-DATE-TIME) of the segment being written, dated at its first part so
+    /// the open segment and, later, the whole one carry the same date.
+    open_date: Option<(i64, SystemTime)>,
     last_ts: Option<i64>,
     /// Opus into AAC, from the first source with audio on (see the module docs).
     aac: Option<AacEncoder>,
@@ -414,6 +540,7 @@ impl Worker {
             shared,
             anchor: None,
             arrivals: std::collections::VecDeque::new(),
+            open_date: None,
             last_ts: None,
             aac: None,
             source_audio: false,
@@ -531,13 +658,26 @@ impl Worker {
     /// Writes the segments the segmenter has completed, and the playlist.
     fn publish_finished(&mut self) {
         let mut failures = Vec::new();
-        for segment in self.segmenter.take_finished() {
-            let program_date_time = self.program_date_time(segment.start_ms);
-            let run_dir = self
-                .run_dir
-                .as_mut()
-                .expect("the run dir lives until run() ends");
-            if let Err(error) = run_dir.publish(segment, program_date_time) {
+        for finished in self.segmenter.take_finished() {
+            let published = match finished {
+                Finished::Part(part) => {
+                    if part.independent {
+                        let date = self.program_date_time(part.start_ms);
+                        self.open_date = Some((part.start_ms, date));
+                    }
+                    // A dependent part's date is not used (its segment has one).
+                    let date = self.open_date.map_or(SystemTime::UNIX_EPOCH, |(_, d)| d);
+                    self.run_dir_mut().publish_part(part, date)
+                }
+                Finished::Segment(segment) => {
+                    let date = match self.open_date.take() {
+                        Some((start, date)) if start == segment.start_ms => date,
+                        _ => self.program_date_time(segment.start_ms),
+                    };
+                    self.run_dir_mut().publish(segment, date)
+                }
+            };
+            if let Err(error) = published {
                 failures.push(error);
             }
         }
@@ -590,6 +730,12 @@ impl Worker {
         }
     }
 
+    fn run_dir_mut(&mut self) -> &mut RunDir {
+        self.run_dir
+            .as_mut()
+            .expect("the run dir lives until run() ends")
+    }
+
     /// Logs an error once per distinct message (a missing encoder would otherwise log at the
     /// frame rate) and shows it in the status.
     fn report(&mut self, error: HlsError) {
@@ -611,6 +757,7 @@ impl Worker {
         status.segments = playlist.segments.len();
         status.latest_sequence = playlist.latest_sequence();
         status.segments_on_disk = run_dir.segments_on_disk();
+        status.parts_on_disk = run_dir.parts_on_disk();
         status.target_duration_s = playlist.target_duration;
         status.encode_ms = self.encode_ms;
         status.frames_encoded = self.frames_encoded;

@@ -1,9 +1,35 @@
 //! The live media playlist as a plain value: a sliding window of segments and a `render` that
 //! turns it into m3u8 text. No files, no clock: the caller supplies every time, so the tests
 //! compare whole golden strings.
+//!
+//! With a part target set, the playlist is Low-Latency HLS (RFC 8216bis): it also lists the
+//! partial segments ("parts") of its newest segments and of the segment still being written,
+//! announces the next part with EXT-X-PRELOAD-HINT, and says the server blocks reloads
+//! (EXT-X-SERVER-CONTROL). Players that do not know these tags skip them (RFC 8216 §4: unknown
+//! tags are ignored) and play the whole segments, so one playlist serves both kinds.
 
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A partial segment (RFC 8216bis §4.4.4.9) as the playlist names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// Its playing time (first picture to the next part's first picture).
+    pub duration: Duration,
+    /// Where players fetch it, relative to the playlist.
+    pub uri: String,
+    /// Starts with a keyframe, so a player can begin playing here (INDEPENDENT=YES).
+    pub independent: bool,
+}
+
+/// The segment being written: the parts published so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenSegment {
+    /// The wall-clock time of its first picture.
+    pub program_date_time: SystemTime,
+    /// Oldest first; the first one is independent.
+    pub parts: Vec<Part>,
+}
 
 /// One media segment as the playlist names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +42,8 @@ pub struct Segment {
     pub uri: String,
     /// The wall-clock time of its first picture.
     pub program_date_time: SystemTime,
+    /// Its parts, oldest first; empty without low latency.
+    pub parts: Vec<Part>,
 }
 
 /// A live media playlist: the newest `window` segments, never ended.
@@ -31,6 +59,12 @@ pub struct Playlist {
     pub segments: VecDeque<Segment>,
     /// How many segments are listed at most.
     pub window: usize,
+    /// EXT-X-PART-INF's PART-TARGET, the longest a part may be; `None` is plain HLS.
+    pub part_target: Option<Duration>,
+    /// The segment being written, once its first part is published.
+    pub open: Option<OpenSegment>,
+    /// The URI the next part will have (EXT-X-PRELOAD-HINT), when it is known.
+    pub preload_hint: Option<String>,
 }
 
 impl Playlist {
@@ -41,12 +75,56 @@ impl Playlist {
             media_sequence: 0,
             segments: VecDeque::new(),
             window: window.max(1),
+            part_target: None,
+            open: None,
+            preload_hint: None,
         }
     }
 
-    /// Appends the newest segment; when the window is full the oldest leaves (and is returned,
-    /// so the caller can delete it later) and the media sequence advances.
-    pub fn push(&mut self, segment: Segment) -> Option<Segment> {
+    /// An empty Low-Latency playlist whose parts last at most `part_target`.
+    pub fn low_latency(segment: Duration, window: usize, part_target: Duration) -> Self {
+        Playlist {
+            part_target: Some(part_target),
+            ..Playlist::new(segment, window)
+        }
+    }
+
+    /// Appends a part of the segment being written. An independent part opens a new segment
+    /// (dated `program_date_time`) and returns the parts of an unfinished one it replaces
+    /// (its segment was never completed), so the caller can delete them. A dependent part
+    /// with no segment open is not listed: a segment's listed parts must start at its start.
+    pub fn push_part(&mut self, part: Part, program_date_time: SystemTime) -> Vec<Part> {
+        let mut dropped = Vec::new();
+        if part.independent {
+            if let Some(open) = self.open.take() {
+                dropped = open.parts;
+            }
+            self.open = Some(OpenSegment {
+                program_date_time,
+                parts: vec![part],
+            });
+        } else if let Some(open) = self.open.as_mut() {
+            open.parts.push(part);
+        } else {
+            dropped.push(part);
+        }
+        dropped
+    }
+
+    /// The parts of the segment being written that are listed.
+    pub fn open_parts(&self) -> usize {
+        self.open.as_ref().map_or(0, |open| open.parts.len())
+    }
+
+    /// Appends the newest segment, which takes over the open segment's parts; when the window
+    /// is full the oldest leaves (and is returned, so the caller can delete it later) and the
+    /// media sequence advances.
+    pub fn push(&mut self, mut segment: Segment) -> Option<Segment> {
+        if let Some(open) = self.open.take() {
+            if segment.parts.is_empty() {
+                segment.parts = open.parts;
+            }
+        }
         self.target_duration = self.target_duration.max(rounded_seconds(segment.duration));
         if self.segments.is_empty() {
             self.media_sequence = segment.sequence;
@@ -74,28 +152,96 @@ impl Playlist {
     }
 
     /// The m3u8 text. Version 3 is enough: it allows decimal EXTINF durations, and
-    /// PROGRAM-DATE-TIME and INDEPENDENT-SEGMENTS need no version. No EXT-X-ENDLIST: it is live.
+    /// PROGRAM-DATE-TIME and INDEPENDENT-SEGMENTS need no version; RFC 8216bis ties no version
+    /// to the Low-Latency tags (only to EXT-X-SKIP and the like, which we do not use) and TS
+    /// parts need no EXT-X-MAP. No EXT-X-ENDLIST: it is live.
     pub fn render(&self) -> String {
         let mut out = format!(
             "#EXTM3U\n\
              #EXT-X-VERSION:3\n\
-             #EXT-X-TARGETDURATION:{}\n\
-             #EXT-X-MEDIA-SEQUENCE:{}\n\
-             #EXT-X-INDEPENDENT-SEGMENTS\n",
-            self.target_duration, self.media_sequence
+             #EXT-X-TARGETDURATION:{}\n",
+            self.target_duration
         );
-        for segment in &self.segments {
-            let ms = millis_rounded(segment.duration);
+        if let Some(part_target) = self.part_target {
+            // RFC 8216bis (EXT-X-SERVER-CONTROL): PART-HOLD-BACK at least twice PART-TARGET,
+            // three times recommended; a player stays that far behind the newest part.
             out.push_str(&format!(
-                "#EXT-X-PROGRAM-DATE-TIME:{}\n#EXTINF:{}.{:03},\n{}\n",
-                format_date_time(segment.program_date_time),
-                ms / 1000,
-                ms % 1000,
+                "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={}\n\
+                 #EXT-X-PART-INF:PART-TARGET={}\n",
+                seconds_3(part_target * 3),
+                seconds_3(part_target)
+            ));
+        }
+        out.push_str(&format!(
+            "#EXT-X-MEDIA-SEQUENCE:{}\n\
+             #EXT-X-INDEPENDENT-SEGMENTS\n",
+            self.media_sequence
+        ));
+        // RFC 8216bis (EXT-X-PART, §4.4.4.9): parts more than three target durations from the
+        // end of the playlist should be removed. Walking back from the end, a segment's parts are listed
+        // while less than that lies after it.
+        let horizon = Duration::from_secs(3 * self.target_duration);
+        let mut after = self
+            .open
+            .iter()
+            .flat_map(|open| &open.parts)
+            .map(|p| p.duration)
+            .sum::<Duration>();
+        let mut listed_parts = vec![false; self.segments.len()];
+        for (listed, segment) in listed_parts.iter_mut().zip(&self.segments).rev() {
+            *listed = after < horizon;
+            after += segment.duration;
+        }
+        for (segment, list_parts) in self.segments.iter().zip(listed_parts) {
+            out.push_str(&format!(
+                "#EXT-X-PROGRAM-DATE-TIME:{}\n",
+                format_date_time(segment.program_date_time)
+            ));
+            if list_parts && self.part_target.is_some() {
+                render_parts(&mut out, &segment.parts);
+            }
+            out.push_str(&format!(
+                "#EXTINF:{},\n{}\n",
+                seconds_3(segment.duration),
                 segment.uri
             ));
         }
+        if self.part_target.is_some() {
+            if let Some(open) = &self.open {
+                // The date applies to the next segment's first picture: the open one's.
+                out.push_str(&format!(
+                    "#EXT-X-PROGRAM-DATE-TIME:{}\n",
+                    format_date_time(open.program_date_time)
+                ));
+                render_parts(&mut out, &open.parts);
+            }
+            if let Some(hint) = &self.preload_hint {
+                out.push_str(&format!("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{hint}\"\n"));
+            }
+        }
         out
     }
+}
+
+fn render_parts(out: &mut String, parts: &[Part]) {
+    for part in parts {
+        out.push_str(&format!(
+            "#EXT-X-PART:DURATION={},URI=\"{}\"{}\n",
+            seconds_3(part.duration),
+            part.uri,
+            if part.independent {
+                ",INDEPENDENT=YES"
+            } else {
+                ""
+            }
+        ));
+    }
+}
+
+/// Seconds with three decimals, e.g. `1.033`, from whole milliseconds.
+fn seconds_3(duration: Duration) -> String {
+    let ms = millis_rounded(duration);
+    format!("{}.{:03}", ms / 1000, ms % 1000)
 }
 
 /// Whole milliseconds, rounded: durations print with three decimals, from integers, so no
@@ -164,6 +310,7 @@ mod tests {
             duration: Duration::from_millis(ms),
             uri: format!("seg-{sequence}.ts"),
             program_date_time: at(1_700_000_000, start_ms),
+            parts: Vec::new(),
         }
     }
 
@@ -363,5 +510,151 @@ mod tests {
             ..segment(1, 0, 0)
         });
         assert!(playlist.render().contains("\n#EXTINF:0.040,\n"));
+    }
+
+    fn part(uri: &str, ms: u64, independent: bool) -> Part {
+        Part {
+            duration: Duration::from_millis(ms),
+            uri: uri.to_string(),
+            independent,
+        }
+    }
+
+    /// Publishes segment `sequence` as the mirror does: five 200 ms parts, then the segment.
+    fn push_with_parts(playlist: &mut Playlist, sequence: u64, start_ms: u64) {
+        for index in 0..5 {
+            let uri = format!("part-{sequence}.{index}.ts");
+            let dropped =
+                playlist.push_part(part(&uri, 200, index == 0), at(1_700_000_000, start_ms));
+            assert_eq!(dropped, []);
+        }
+        playlist.push(segment(sequence, 1000, start_ms));
+    }
+
+    #[test]
+    fn low_latency_tags_parts_and_the_preload_hint() {
+        let mut playlist =
+            Playlist::low_latency(Duration::from_secs(1), 6, Duration::from_millis(334));
+        assert_eq!(
+            playlist.render(),
+            "#EXTM3U\n\
+             #EXT-X-VERSION:3\n\
+             #EXT-X-TARGETDURATION:1\n\
+             #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.002\n\
+             #EXT-X-PART-INF:PART-TARGET=0.334\n\
+             #EXT-X-MEDIA-SEQUENCE:0\n\
+             #EXT-X-INDEPENDENT-SEGMENTS\n"
+        );
+        push_with_parts(&mut playlist, 0, 0);
+        playlist.push_part(part("part-1.0.ts", 233, true), at(1_700_000_001, 0));
+        playlist.push_part(part("part-1.1.ts", 200, false), at(1_700_000_001, 0));
+        playlist.preload_hint = Some("part-1.2.ts".to_string());
+        assert_eq!(playlist.open_parts(), 2);
+        assert_eq!(
+            playlist.render(),
+            "#EXTM3U\n\
+             #EXT-X-VERSION:3\n\
+             #EXT-X-TARGETDURATION:1\n\
+             #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.002\n\
+             #EXT-X-PART-INF:PART-TARGET=0.334\n\
+             #EXT-X-MEDIA-SEQUENCE:0\n\
+             #EXT-X-INDEPENDENT-SEGMENTS\n\
+             #EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:20.000Z\n\
+             #EXT-X-PART:DURATION=0.200,URI=\"part-0.0.ts\",INDEPENDENT=YES\n\
+             #EXT-X-PART:DURATION=0.200,URI=\"part-0.1.ts\"\n\
+             #EXT-X-PART:DURATION=0.200,URI=\"part-0.2.ts\"\n\
+             #EXT-X-PART:DURATION=0.200,URI=\"part-0.3.ts\"\n\
+             #EXT-X-PART:DURATION=0.200,URI=\"part-0.4.ts\"\n\
+             #EXTINF:1.000,\n\
+             seg-0.ts\n\
+             #EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:21.000Z\n\
+             #EXT-X-PART:DURATION=0.233,URI=\"part-1.0.ts\",INDEPENDENT=YES\n\
+             #EXT-X-PART:DURATION=0.200,URI=\"part-1.1.ts\"\n\
+             #EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-1.2.ts\"\n"
+        );
+    }
+
+    #[test]
+    fn parts_are_listed_only_for_the_last_three_target_durations() {
+        let mut playlist =
+            Playlist::low_latency(Duration::from_secs(1), 6, Duration::from_millis(334));
+        for sequence in 0..5 {
+            push_with_parts(&mut playlist, sequence, sequence * 1000);
+        }
+        playlist.push_part(part("part-5.0.ts", 200, true), at(1_700_000_005, 0));
+        playlist.preload_hint = Some("part-5.1.ts".to_string());
+        let text = playlist.render();
+        // 0.2 s of segment 5 and segments 4, 3 and 2 (3.2 s) come after segment 1: its parts
+        // and segment 0's are gone; 2's are still listed (2.2 s after it).
+        for gone in ["part-0.", "part-1."] {
+            assert!(!text.contains(gone), "{gone}: {text}");
+        }
+        for listed in ["part-2.0.ts", "part-3.4.ts", "part-4.2.ts", "part-5.0.ts"] {
+            assert!(
+                text.contains(&format!("URI=\"{listed}\"")),
+                "{listed}: {text}"
+            );
+        }
+        let tail = text.split("seg-0.ts\n").nth(1).unwrap();
+        assert!(
+            tail.starts_with(
+                "#EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:21.000Z\n\
+                 #EXTINF:1.000,\n\
+                 seg-1.ts\n\
+                 #EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:22.000Z\n\
+                 #EXT-X-PART:DURATION=0.200,URI=\"part-2.0.ts\",INDEPENDENT=YES\n"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with(
+            "seg-4.ts\n\
+             #EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:25.000Z\n\
+             #EXT-X-PART:DURATION=0.200,URI=\"part-5.0.ts\",INDEPENDENT=YES\n\
+             #EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-5.1.ts\"\n"
+        ));
+        // The whole segments are all still there for players without parts.
+        for sequence in 0..5 {
+            assert!(text.contains(&format!("\nseg-{sequence}.ts\n")), "{text}");
+        }
+    }
+
+    #[test]
+    fn an_unfinished_segments_parts_are_handed_back_when_the_next_segment_opens() {
+        let mut playlist =
+            Playlist::low_latency(Duration::from_secs(1), 3, Duration::from_millis(334));
+        // A dependent part with no segment open cannot be listed.
+        let orphan = part("part-0.3.ts", 200, false);
+        assert_eq!(playlist.push_part(orphan.clone(), at(0, 0)), [orphan]);
+        assert_eq!(playlist.open_parts(), 0);
+        playlist.push_part(part("part-0.0.ts", 200, true), at(0, 0));
+        playlist.push_part(part("part-0.1.ts", 200, false), at(0, 0));
+        // Segment 0 never completed (its muxer failed); the next keyframe opens a new one.
+        let dropped = playlist.push_part(part("part-0.0.ts", 200, true), at(1, 0));
+        assert_eq!(dropped.len(), 2);
+        assert_eq!(playlist.open_parts(), 1);
+    }
+
+    #[test]
+    fn without_a_part_target_parts_and_hints_are_not_rendered() {
+        // The same publishing as a low-latency mirror, but plain HLS: exactly today's text.
+        let mut playlist = Playlist::new(Duration::from_secs(1), 2);
+        push_with_parts(&mut playlist, 0, 0);
+        push_with_parts(&mut playlist, 1, 1000);
+        playlist.push_part(part("part-2.0.ts", 200, true), at(1_700_000_002, 0));
+        playlist.preload_hint = Some("part-2.1.ts".to_string());
+        assert_eq!(
+            playlist.render(),
+            "#EXTM3U\n\
+             #EXT-X-VERSION:3\n\
+             #EXT-X-TARGETDURATION:1\n\
+             #EXT-X-MEDIA-SEQUENCE:0\n\
+             #EXT-X-INDEPENDENT-SEGMENTS\n\
+             #EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:20.000Z\n\
+             #EXTINF:1.000,\n\
+             seg-0.ts\n\
+             #EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:21.000Z\n\
+             #EXTINF:1.000,\n\
+             seg-1.ts\n"
+        );
     }
 }

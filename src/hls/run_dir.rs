@@ -1,16 +1,19 @@
-//! The run directory: segments and the playlist on disk, each written atomically, and old
-//! segments deleted, so the files a server reads are always whole and their number is bounded.
+//! The run directory: segments, parts and the playlist on disk, each written atomically, and
+//! old ones deleted, so the files a server reads are always whole and their number is bounded.
 //!
-//! Order of a publish: the segment's bytes go to `seg-<n>.ts.tmp`, renamed to `seg-<n>.ts`;
+//! Order of a publish: the part's or segment's bytes go to `<name>.tmp`, renamed to `<name>`;
 //! only then is the playlist that names it written to `live.m3u8.tmp` and renamed over
-//! `live.m3u8`. A rename within one directory is atomic, so a reader sees the old file or the
-//! new one, never a partial one, and never a playlist naming a segment that is not there.
+//! `live.m3u8`, and only then is the new [`Progress`] sent to the HTTP side (which holds
+//! blocking playlist reloads and preload-hinted part requests until it moves). A rename within
+//! one directory is atomic, so a reader sees the old file or the new one, never a partial one,
+//! and never a playlist naming a file that is not there.
 //!
 //! Deletion follows RFC 8216 §6.2.2: a segment that left the playlist stays available for its
 //! own duration plus the duration of the playlist it was last listed in, because a player
 //! may have fetched that playlist just before the window slid and still asks for it. Time
 //! here is media time (the end of the newest segment), so a stalled source deletes nothing and
-//! a running one keeps at most about `2 × window + 1` segments on disk.
+//! a running one keeps at most about `2 × window + 1` segments on disk. A segment's parts are
+//! deleted with it (they stop being listed sooner, but a player that saw them may still ask).
 //!
 //! The directory is removed when the mirror is dropped. A process that was killed cannot do
 //! that, so [`sweep_stale`] removes, at the next start, run directories in the same parent
@@ -20,14 +23,17 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::playlist::{Playlist, Segment};
-use super::segmenter::FinishedSegment;
-use super::{segment_name, HlsError, PLAYLIST_NAME};
+use tokio::sync::watch;
 
-/// A segment gone from the playlist, kept until `delete_at_ms` (media time).
+use super::playlist::{Part, Playlist, Segment};
+use super::segmenter::{FinishedPart, FinishedSegment};
+use super::{part_name, segment_name, HlsError, Progress, PLAYLIST_NAME};
+
+/// A segment gone from the playlist, kept (with its parts) until `delete_at_ms` (media time).
 #[derive(Debug)]
 struct Retired {
     uri: String,
+    parts: Vec<String>,
     delete_at_ms: i64,
 }
 
@@ -38,6 +44,13 @@ pub struct RunDir {
     playlist: Playlist,
     retired: VecDeque<Retired>,
     next_sequence: u64,
+    /// Part files on disk (listed, or kept with their segment).
+    parts_on_disk: usize,
+    /// A part of the open segment failed to be written: later ones are not listed either,
+    /// so the listed parts stay a gapless prefix of the segment.
+    open_broken: bool,
+    /// What the newest playlist on disk contains; the HTTP side waits on it.
+    progress: watch::Sender<Progress>,
 }
 
 /// The run directory name prefix; the rest is `<pid>-<16 hex digits>`.
@@ -103,6 +116,9 @@ impl RunDir {
                         playlist,
                         retired: VecDeque::new(),
                         next_sequence: 0,
+                        parts_on_disk: 0,
+                        open_broken: false,
+                        progress: watch::Sender::new(Progress::default()),
                     })
                 }
                 Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && attempts < 8 => {
@@ -128,6 +144,64 @@ impl RunDir {
         self.playlist.segments.len() + self.retired.len()
     }
 
+    /// Part files on disk: those of the open segment, of listed and of retired segments.
+    pub fn parts_on_disk(&self) -> usize {
+        self.parts_on_disk
+    }
+
+    /// Follows what the published playlist contains (sent after each playlist write; closed
+    /// when the directory is removed).
+    pub fn subscribe(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    /// Writes a part of the open segment, then the playlist naming it. An independent part
+    /// opens the segment (dated `program_date_time`); parts of a segment that was never
+    /// completed are deleted then.
+    pub fn publish_part(
+        &mut self,
+        part: FinishedPart,
+        program_date_time: SystemTime,
+    ) -> Result<(), HlsError> {
+        if part.independent {
+            self.open_broken = false;
+        }
+        let index = if part.independent {
+            0
+        } else {
+            self.playlist.open_parts()
+        };
+        let uri = part_name(self.next_sequence, index as u64);
+        if self.open_broken || (!part.independent && index == 0) {
+            // Not listable: its segment's earlier parts are missing.
+            return Ok(());
+        }
+        if let Err(error) = self.write_atomically(&uri, &part.bytes) {
+            self.open_broken = true;
+            self.playlist.preload_hint = None;
+            return Err(error);
+        }
+        self.parts_on_disk += 1;
+        let dropped = self.playlist.push_part(
+            Part {
+                duration: part.duration,
+                uri,
+                independent: part.independent,
+            },
+            program_date_time,
+        );
+        for part in dropped {
+            // Parts of a segment that never completed; the next segment reuses their names.
+            self.delete(&part.uri);
+            self.parts_on_disk -= 1;
+        }
+        self.playlist.preload_hint = Some(part_name(
+            self.next_sequence,
+            self.playlist.open_parts() as u64,
+        ));
+        self.write_playlist()
+    }
+
     /// Writes the segment, then the playlist naming it, then deletes what has expired.
     /// Sequence numbers are given here, in publish order, so a segment that failed to be
     /// written leaves no gap in them (players number segments by position).
@@ -145,29 +219,53 @@ impl RunDir {
             duration: segment.duration,
             uri,
             program_date_time,
+            parts: Vec::new(),
         });
+        self.open_broken = false;
+        if self.playlist.part_target.is_some() {
+            self.playlist.preload_hint = Some(part_name(self.next_sequence, 0));
+        }
         let now_ms = segment.start_ms + segment.duration.as_millis() as i64;
         if let Some(removed) = removed {
             let keep = retention(removed.duration, self.playlist.duration());
             self.retired.push_back(Retired {
                 uri: removed.uri,
+                parts: removed.parts.into_iter().map(|p| p.uri).collect(),
                 delete_at_ms: now_ms + keep.as_millis() as i64,
             });
         }
-        let written = self.write_atomically(PLAYLIST_NAME, self.playlist.render().as_bytes());
+        let written = self.write_playlist();
         while let Some(oldest) = self.retired.front() {
             if oldest.delete_at_ms > now_ms {
                 break;
             }
-            let path = self.path.join(&oldest.uri);
-            if let Err(error) = std::fs::remove_file(&path) {
-                if error.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(path = %path.display(), %error, "cannot delete an old HLS segment");
-                }
+            let oldest = self.retired.pop_front().expect("just looked at it");
+            self.delete(&oldest.uri);
+            for part in &oldest.parts {
+                self.delete(part);
             }
-            self.retired.pop_front();
+            self.parts_on_disk -= oldest.parts.len();
         }
         written
+    }
+
+    /// Writes the playlist, then tells the waiting requests what it now contains.
+    fn write_playlist(&self) -> Result<(), HlsError> {
+        self.write_atomically(PLAYLIST_NAME, self.playlist.render().as_bytes())?;
+        self.progress.send_replace(Progress {
+            msn: self.next_sequence,
+            parts: self.playlist.open_parts() as u64,
+        });
+        Ok(())
+    }
+
+    fn delete(&self, name: &str) {
+        let path = self.path.join(name);
+        if let Err(error) = std::fs::remove_file(&path) {
+            if error.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), %error, "cannot delete an old HLS file");
+            }
+        }
     }
 
     /// Writes `name` whole: to `name.tmp` first, then renamed (no fsync: the files only need
@@ -249,6 +347,96 @@ mod tests {
         let path = dir.path().to_path_buf();
         dir.remove();
         assert!(!path.exists());
+    }
+
+    fn part(start_ms: i64, independent: bool) -> FinishedPart {
+        FinishedPart {
+            start_ms,
+            duration: Duration::from_millis(200),
+            independent,
+            bytes: vec![0x47; 188],
+        }
+    }
+
+    #[test]
+    fn parts_are_published_before_their_segment_and_deleted_with_it() {
+        let parent = tempfile::tempdir().unwrap();
+        let playlist = Playlist::low_latency(Duration::from_secs(1), 3, Duration::from_millis(334));
+        let mut dir = RunDir::create(parent.path(), playlist).unwrap();
+        let mut progress = dir.subscribe();
+        assert_eq!(*progress.borrow_and_update(), Progress::default());
+        for n in 0..20 {
+            for index in 0..5 {
+                dir.publish_part(part(n * 1000 + index * 200, index == 0), SystemTime::now())
+                    .unwrap();
+                // Each part is on disk and listed before anyone is told.
+                assert!(progress.has_changed().unwrap());
+                let now = *progress.borrow_and_update();
+                assert_eq!(
+                    now,
+                    Progress {
+                        msn: n as u64,
+                        parts: index as u64 + 1
+                    }
+                );
+                let name = part_name(n as u64, index as u64);
+                assert!(dir.path().join(&name).is_file(), "{name}");
+                let text = std::fs::read_to_string(dir.path().join(PLAYLIST_NAME)).unwrap();
+                assert!(text.contains(&format!("URI=\"{name}\"")), "{text}");
+                let hint = part_name(n as u64, index as u64 + 1);
+                assert!(
+                    text.ends_with(&format!("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{hint}\"\n")),
+                    "{text}"
+                );
+            }
+            dir.publish(finished(n * 1000), SystemTime::now()).unwrap();
+            let now = *progress.borrow_and_update();
+            assert_eq!(
+                now,
+                Progress {
+                    msn: n as u64 + 1,
+                    parts: 0
+                }
+            );
+            // Parts go with their segment: five per segment on disk, never more.
+            assert_eq!(dir.parts_on_disk(), 5 * dir.segments_on_disk());
+            assert_eq!(files(dir.path()).len(), 6 * dir.segments_on_disk() + 1);
+        }
+        // As for plain segments: 13..=19 are kept, and their parts with them.
+        let mut expected: Vec<String> = (13..20)
+            .flat_map(|n| {
+                let mut names: Vec<String> = (0..5).map(|i| part_name(n, i)).collect();
+                names.push(segment_name(n));
+                names
+            })
+            .collect();
+        expected.push(PLAYLIST_NAME.to_string());
+        expected.sort();
+        assert_eq!(files(dir.path()), expected);
+        let text = std::fs::read_to_string(dir.path().join(PLAYLIST_NAME)).unwrap();
+        assert!(text.ends_with("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-20.0.ts\"\n"));
+        // Removing the directory closes the progress: waiting requests give up.
+        dir.remove();
+        assert!(progress.has_changed().is_err());
+    }
+
+    #[test]
+    fn the_parts_of_a_segment_that_never_completed_are_replaced() {
+        let parent = tempfile::tempdir().unwrap();
+        let playlist = Playlist::low_latency(Duration::from_secs(1), 3, Duration::from_millis(334));
+        let mut dir = RunDir::create(parent.path(), playlist).unwrap();
+        // A dependent part before any independent one is not listed (nor written).
+        dir.publish_part(part(0, false), SystemTime::now()).unwrap();
+        assert_eq!(dir.parts_on_disk(), 0);
+        dir.publish_part(part(0, true), SystemTime::now()).unwrap();
+        dir.publish_part(part(200, false), SystemTime::now())
+            .unwrap();
+        // The segment's muxer failed: no segment, and the next keyframe opens a new one.
+        dir.publish_part(part(1000, true), SystemTime::now())
+            .unwrap();
+        assert_eq!(dir.parts_on_disk(), 1);
+        assert!(!dir.path().join(part_name(0, 1)).exists());
+        assert_eq!(dir.playlist().open_parts(), 1);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Segmenter: pictures → H.264 (libx264) → one complete MPEG-TS file per segment, in memory.
+//! Segmenter: pictures → H.264 (libx264) → MPEG-TS segments in memory, each also cut into
+//! Low-Latency HLS parts (partial segments) of about 200 ms.
 //!
 //! Segments are cut where we force the keyframes, so every segment starts with an IDR frame
 //! (with SPS and PPS in band) and plays on its own: the picture whose timestamp first reaches
@@ -7,21 +8,31 @@
 //! becomes opens the next segment. With `tune=zerolatency` (no B-frames, no lookahead) each
 //! picture comes out as its packet at once, so the two decisions agree.
 //!
-//! Each segment gets its own short-lived MPEG-TS muxer writing into a `Vec<u8>` through
-//! ffmpeg-next's safe custom output (`StreamIo::from_write` + `output_to_stream`). That costs a
-//! PAT/PMT per segment, which HLS requires anyway, and makes each segment's bytes complete the
-//! moment its trailer is written: no splitting of a long-lived muxer's byte stream. Timestamps
-//! stay on one timeline across segments, so players see a continuous stream.
+//! Parts are cut on the first picture at or past `part start + part duration`; they need no
+//! keyframe, so only a segment's first part is independent. Every cut (segment or part) is
+//! decided in one place, [`Segmenter::emit_video`], at the moment a video packet is about to
+//! be written to the muxer: whatever else is written into the stream in between (audio
+//! interleaved by timestamp) then lands on the right side of the cut.
+//!
+//! Each segment gets its own MPEG-TS muxer writing into a `Vec<u8>` through ffmpeg-next's safe
+//! custom output (`StreamIo::from_write` + `output_to_stream`). At a part boundary the muxer is
+//! flushed (see [`TsMuxer::flush`]) and the bytes written so far are the part; the segment's
+//! bytes are its parts' bytes end to end, so a player fetching parts and one fetching the whole
+//! segment get the same stream. A new muxer per segment costs a PAT/PMT per segment, which HLS
+//! requires anyway. Within a segment, FFmpeg's mpegts muxer repeats PAT/PMT every 100 ms of
+//! stream time (its default `pat_period`), so every ~200 ms part carries them as well.
+//! Timestamps stay on one timeline across segments, so players see a continuous stream.
 //!
 //! Audio (AAC from [`crate::media::audio`]) goes into the same segments as a second stream.
 //! The two streams are written in time order ([`Interleave`]): a picture waits until the
-//! audio up to its time is in, so the audio just before a cut ends the old segment and each
-//! segment's first audio packet starts within one AAC frame (21 ms) of its first picture.
+//! audio up to its time is in, so the audio just before a cut ends the old segment (or part)
+//! and each segment's first audio packet starts within one AAC frame (21 ms) of its first
+//! picture.
 //!
 //! FFmpeg 5.1's libx264 wrapper leaves packet durations at 0 (PLATFORM.md). Each packet is
 //! held back until the next one arrives and gets the gap to it as its duration; the last
 //! packet of a segment thereby ends exactly where the next segment starts. That holds the
-//! mirror one frame behind, nothing next to HLS's seconds.
+//! mirror one frame behind.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -45,6 +56,28 @@ const TIME_BASE: Rational = Rational(1, 1000);
 /// far apart the two arrive from a live source (a recorder chunk, 100 ms here).
 const MAX_INTERLEAVE_WAIT_US: i64 = 500_000;
 
+/// What the segmenter has completed, in publishing order.
+#[derive(Debug)]
+pub enum Finished {
+    /// A part of the segment being written (all of a segment's parts come before it).
+    Part(FinishedPart),
+    /// A whole segment, after its parts.
+    Segment(FinishedSegment),
+}
+
+/// One part (partial segment), muxed and complete.
+#[derive(Debug)]
+pub struct FinishedPart {
+    /// Timestamp of its first picture, ms.
+    pub start_ms: i64,
+    /// From its first picture to the next part's first picture.
+    pub duration: Duration,
+    /// Starts with the segment's keyframe (the segment's first part).
+    pub independent: bool,
+    /// MPEG-TS packets; a segment's parts end to end are the segment's bytes.
+    pub bytes: Vec<u8>,
+}
+
 /// One segment, muxed and complete.
 #[derive(Debug)]
 pub struct FinishedSegment {
@@ -61,16 +94,19 @@ pub struct FinishedSegment {
 pub struct SegmenterConfig {
     /// Nominal segment length.
     pub segment: Duration,
+    /// Nominal part length; `None` cuts whole segments only.
+    pub part: Option<Duration>,
     /// Target bits per second.
     pub bitrate: usize,
     /// libx264 preset (`veryfast`, `ultrafast`, …).
     pub preset: String,
 }
 
-/// Turns pictures into finished segments.
+/// Turns pictures into finished parts and segments.
 pub struct Segmenter {
     config: SegmenterConfig,
     segment_ms: i64,
+    part_ms: Option<i64>,
     encoder: Option<H264>,
     scaler: Scaler,
     /// Where the last forced keyframe was (the picture-side half of the cut rule).
@@ -83,7 +119,7 @@ pub struct Segmenter {
     /// The AAC stream's parameters, once the mirror has audio: every segment opened from then
     /// on has the audio stream.
     audio: Option<codec::Parameters>,
-    finished: Vec<FinishedSegment>,
+    finished: Vec<Finished>,
 }
 
 impl Segmenter {
@@ -91,6 +127,7 @@ impl Segmenter {
     pub fn new(config: SegmenterConfig) -> Self {
         Segmenter {
             segment_ms: (config.segment.as_millis() as i64).max(1),
+            part_ms: config.part.map(|part| (part.as_millis() as i64).max(1)),
             config,
             encoder: None,
             scaler: Scaler::default(),
@@ -102,7 +139,6 @@ impl Segmenter {
             finished: Vec::new(),
         }
     }
-
     /// Gives segments opened from now on an AAC stream with these parameters (the mirror's
     /// encoder: the same for its life).
     pub fn enable_audio(&mut self, parameters: &codec::Parameters) {
@@ -130,10 +166,11 @@ impl Segmenter {
     }
 
     /// Encodes one picture at `ts_ms` (strictly increasing). Pictures of another size or
-    /// format than the first are scaled to the first's size (rounded down to even). Segments
-    /// this completes are collected for [`Segmenter::take_finished`]. On a muxing error the
-    /// segment being written is dropped (never published half-made) and the next one starts
-    /// clean at the next boundary.
+    /// format than the first are scaled to the first's size (rounded down to even). Parts and
+    /// segments this completes are collected for [`Segmenter::take_finished`]. On a muxing
+    /// error the segment being written is dropped (never published half-made; parts already
+    /// published stay orphans the next segment replaces) and the next one starts clean at the
+    /// next boundary.
     pub fn push(&mut self, picture: VideoFrame, ts_ms: i64) -> Result<(), HlsError> {
         let encoder = match &mut self.encoder {
             Some(encoder) => encoder,
@@ -188,11 +225,13 @@ impl Segmenter {
         result
     }
 
-    /// Segments completed since the last call, oldest first.
-    pub fn take_finished(&mut self) -> Vec<FinishedSegment> {
+    /// Parts and segments completed since the last call, in publishing order.
+    pub fn take_finished(&mut self) -> Vec<Finished> {
         std::mem::take(&mut self.finished)
     }
 
+    /// Gives the held packet its duration (the gap to this one) and queues it for writing;
+    /// holds this one.
     fn on_packet(&mut self, packet: Packet) -> Result<(), HlsError> {
         // libx264 always stamps its packets; with no B-frames dts equals pts.
         let pts = packet.pts().ok_or(HlsError::NoTimestamp)?;
@@ -220,20 +259,20 @@ impl Segmenter {
         result
     }
 
-    /// Writes a picture's packet, first cutting a new segment if this keyframe opens one: the
-    /// one place segment boundaries are decided, at the moment of writing, after the audio
-    /// that comes before it.
+    /// Writes a video packet into the stream, first cutting a segment (a keyframe at or past
+    /// the segment's nominal end) or a part (any picture at or past the part's nominal end)
+    /// there. The only place cuts are decided; a failure spoils the open segment only.
     fn emit_video(&mut self, packet: Packet) -> Result<(), HlsError> {
         let pts = packet.pts().ok_or(HlsError::NoTimestamp)?;
         let mut result = Ok(());
-        let cut = packet.is_key()
+        let segment_cut = packet.is_key()
             && self
                 .open
                 .as_ref()
                 .is_none_or(|open| pts >= open.start_ms + self.segment_ms);
-        if cut {
+        if segment_cut {
             if let Some(open) = self.open.take() {
-                self.finished.extend(open.finish(pts));
+                open.finish(pts, self.part_ms.is_some(), &mut self.finished);
             }
             let encoder = self.encoder.as_ref().expect("a packet implies an encoder");
             // A segment whose muxer failed still marks time, so the next cut stays on the grid.
@@ -246,8 +285,15 @@ impl Segmenter {
             };
             self.open = Some(OpenSegment {
                 start_ms: pts,
+                part_start_ms: pts,
                 muxer,
             });
+        } else if let (Some(open), Some(part_ms)) = (self.open.as_mut(), self.part_ms) {
+            if pts >= open.part_start_ms + part_ms {
+                if let Err(e) = open.cut_part(pts, &mut self.finished) {
+                    result = Err(e);
+                }
+            }
         }
         result.and(self.write(packet, Stream::Video))
     }
@@ -427,26 +473,71 @@ impl H264 {
 /// The segment being written.
 struct OpenSegment {
     start_ms: i64,
+    /// Where the part being written started.
+    part_start_ms: i64,
     /// `None` once muxing failed: the segment is skipped.
     muxer: Option<TsMuxer>,
 }
 
 impl OpenSegment {
-    /// Completes the segment, which ends where the next starts (`end_ms`).
-    fn finish(self, end_ms: i64) -> Option<FinishedSegment> {
-        let bytes = match self.muxer?.finish() {
+    /// Ends the part being written at `end_ms` (a new one starts there): its bytes are what
+    /// the muxer has written since the last cut.
+    fn cut_part(&mut self, end_ms: i64, finished: &mut Vec<Finished>) -> Result<(), HlsError> {
+        let start_ms = std::mem::replace(&mut self.part_start_ms, end_ms);
+        let Some(muxer) = self.muxer.as_mut() else {
+            return Ok(());
+        };
+        match muxer.flush() {
+            Ok(bytes) => {
+                finished.push(Finished::Part(FinishedPart {
+                    start_ms,
+                    duration: millis_between(start_ms, end_ms),
+                    independent: start_ms == self.start_ms,
+                    bytes,
+                }));
+                Ok(())
+            }
+            Err(e) => {
+                self.muxer = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Completes the segment, which ends where the next starts (`end_ms`): its last part (with
+    /// `parts`), then the segment, whose bytes are all of its parts' bytes.
+    fn finish(self, end_ms: i64, parts: bool, finished: &mut Vec<Finished>) {
+        let Some(mut muxer) = self.muxer else {
+            return;
+        };
+        let before = std::mem::take(&mut muxer.written);
+        let rest = match muxer.finish() {
             Ok(bytes) => bytes,
             Err(error) => {
                 tracing::warn!(%error, "HLS segment could not be finished; skipped");
-                return None;
+                return;
             }
         };
-        Some(FinishedSegment {
+        let mut bytes = before;
+        bytes.extend_from_slice(&rest);
+        if parts {
+            finished.push(Finished::Part(FinishedPart {
+                start_ms: self.part_start_ms,
+                duration: millis_between(self.part_start_ms, end_ms),
+                independent: self.part_start_ms == self.start_ms,
+                bytes: rest,
+            }));
+        }
+        finished.push(Finished::Segment(FinishedSegment {
             start_ms: self.start_ms,
-            duration: Duration::from_millis((end_ms - self.start_ms).max(0) as u64),
+            duration: millis_between(self.start_ms, end_ms),
             bytes,
-        })
+        }));
     }
+}
+
+fn millis_between(start_ms: i64, end_ms: i64) -> Duration {
+    Duration::from_millis((end_ms - start_ms).max(0) as u64)
 }
 
 /// An MPEG-TS muxer writing one segment into memory.
@@ -457,6 +548,8 @@ struct TsMuxer {
     video_time_base: Rational,
     /// The AAC stream's index and time base, if the segment has audio.
     audio: Option<(usize, Rational)>,
+    /// The bytes of the parts cut so far (the segment's beginning).
+    written: Vec<u8>,
 }
 
 impl TsMuxer {
@@ -491,6 +584,7 @@ impl TsMuxer {
             bytes,
             video_time_base,
             audio,
+            written: Vec::new(),
         })
     }
 
@@ -513,7 +607,33 @@ impl TsMuxer {
         Ok(())
     }
 
-    /// Writes the trailer and hands back the file's bytes.
+    /// Pushes everything written so far out of the muxer and hands back the bytes since the
+    /// last flush (a part). The mpegts muxer writes each video packet's PES at once but may
+    /// hold audio PES to fill them (AVFMT_ALLOW_FLUSH: a NULL packet writes those out). Its IO
+    /// context buffers up to 32 KiB before calling our writer; with the default
+    /// `flush_packets=-1` FFmpeg already empties it after every write, but that is an option,
+    /// so `avio_flush` makes a part boundary not depend on it. ffmpeg-next wraps neither call,
+    /// hence the raw ones.
+    fn flush(&mut self) -> Result<Vec<u8>, HlsError> {
+        // SAFETY: `output` owns a live format context whose header has been written and whose
+        // `pb` is the custom IO context `output_to_stream` made (non-null, alive as long as
+        // `output`). Both calls are made on this thread only, between packet writes, as
+        // libavformat allows; neither keeps a pointer past the call.
+        let flushed = unsafe {
+            let context = self.output.as_mut_ptr();
+            let flushed = ffmpeg::ffi::av_write_frame(context, std::ptr::null_mut());
+            ffmpeg::ffi::avio_flush((*context).pb);
+            flushed
+        };
+        if flushed < 0 {
+            return Err(ffmpeg::Error::from(flushed).into());
+        }
+        let part = self.bytes.take();
+        self.written.extend_from_slice(&part);
+        Ok(part)
+    }
+
+    /// Writes the trailer and hands back the bytes since the last flush.
     fn finish(mut self) -> Result<Vec<u8>, HlsError> {
         self.output.write_trailer()?;
         // Dropping the context flushes what is still in FFmpeg's IO buffer into `bytes`.
@@ -545,5 +665,145 @@ impl Write for SharedBytes {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FPS: i64 = 30;
+
+    /// A moving diagonal pattern, so every picture costs the encoder something.
+    fn picture(index: i64) -> VideoFrame {
+        let (width, height) = (160, 120);
+        let mut frame = VideoFrame::new(Pixel::YUV420P, width, height);
+        for plane in 0..3 {
+            let stride = frame.stride(plane);
+            let rows = if plane == 0 { height } else { height / 2 } as usize;
+            let data = frame.data_mut(plane);
+            for y in 0..rows {
+                for x in 0..stride {
+                    data[y * stride + x] = ((x + y + index as usize * 4) % 200 + 16) as u8;
+                }
+            }
+        }
+        frame
+    }
+
+    /// `seconds` of 30 fps pictures (on whole-ms timestamps, as the mirror gives them) and
+    /// one more picture, which closes the last segment.
+    fn encode(part: Option<Duration>, seconds: i64) -> Vec<Finished> {
+        let mut segmenter = Segmenter::new(SegmenterConfig {
+            segment: Duration::from_secs(1),
+            part,
+            bitrate: 500_000,
+            preset: "ultrafast".to_string(),
+        });
+        let mut finished = Vec::new();
+        // Two frames more than the whole seconds: one is held back for its duration.
+        for index in 0..=seconds * FPS + 1 {
+            segmenter.push(picture(index), index * 1000 / FPS).unwrap();
+            finished.extend(segmenter.take_finished());
+        }
+        finished
+    }
+
+    /// PIDs of the 188-byte TS packets in `bytes`, which must be whole packets.
+    fn ts_pids(bytes: &[u8]) -> Vec<u16> {
+        assert_eq!(
+            bytes.len() % 188,
+            0,
+            "not whole TS packets: {}",
+            bytes.len()
+        );
+        bytes
+            .chunks(188)
+            .map(|packet| {
+                assert_eq!(packet[0], 0x47, "lost TS sync");
+                u16::from(packet[1] & 0x1f) << 8 | u16::from(packet[2])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parts_of_about_200_ms_make_up_each_segment_byte_for_byte() {
+        let finished = encode(Some(Duration::from_millis(200)), 3);
+        let mut parts: Vec<&FinishedPart> = Vec::new();
+        let mut segments = 0;
+        for item in &finished {
+            match item {
+                Finished::Part(part) => parts.push(part),
+                Finished::Segment(segment) => {
+                    segments += 1;
+                    // Its parts came first, the first one independent and starting with it.
+                    assert_eq!(parts.len(), 5, "segment at {} ms", segment.start_ms);
+                    assert_eq!(parts[0].start_ms, segment.start_ms);
+                    assert!(parts[0].independent);
+                    assert!(parts[1..].iter().all(|p| !p.independent));
+                    for pair in parts.windows(2) {
+                        let end = pair[0].start_ms + pair[0].duration.as_millis() as i64;
+                        assert_eq!(end, pair[1].start_ms, "parts are contiguous");
+                    }
+                    for part in &parts {
+                        // Nominal 200 ms, cut on the first picture at or past it (33 ms apart).
+                        let ms = part.duration.as_millis();
+                        assert!((200..234).contains(&ms), "part of {ms} ms");
+                        // Flushed whole at the cut, each carrying PAT (PID 0) and PMT.
+                        let pids = ts_pids(&part.bytes);
+                        assert!(pids.contains(&0), "a part without PAT");
+                    }
+                    assert_eq!(
+                        parts.iter().map(|p| p.duration).sum::<Duration>(),
+                        segment.duration
+                    );
+                    let joined: Vec<u8> = parts.iter().flat_map(|p| p.bytes.clone()).collect();
+                    assert!(joined == segment.bytes, "parts differ from the segment");
+                    parts.clear();
+                }
+            }
+        }
+        assert_eq!(segments, 3);
+
+        // The real ffmpeg decodes a segment made of its parts, from a keyframe, cleanly.
+        let Some(Finished::Segment(second)) = finished
+            .iter()
+            .filter(|f| matches!(f, Finished::Segment(_)))
+            .nth(1)
+        else {
+            unreachable!()
+        };
+        let mut file = tempfile::Builder::new().suffix(".ts").tempfile().unwrap();
+        file.write_all(&second.bytes).unwrap();
+        let path = file.path().to_str().unwrap();
+        let decoded = std::process::Command::new("ffmpeg")
+            .args(["-nostdin", "-v", "error", "-i", path, "-f", "null", "-"])
+            .output()
+            .unwrap();
+        let errors = String::from_utf8_lossy(&decoded.stderr);
+        assert!(decoded.status.success() && errors.is_empty(), "{errors}");
+        let probed = std::process::Command::new("ffprobe")
+            .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+            .args(["packet=flags", "-of", "csv=p=0", path])
+            .output()
+            .unwrap();
+        let flags = String::from_utf8_lossy(&probed.stdout);
+        let flags: Vec<&str> = flags.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(flags.len(), 30, "{flags:?}");
+        assert!(flags[0].starts_with('K'), "{flags:?}");
+        assert!(flags[1..].iter().all(|f| !f.starts_with('K')), "{flags:?}");
+    }
+
+    #[test]
+    fn without_parts_only_whole_segments_come_out() {
+        let finished = encode(None, 2);
+        assert_eq!(finished.len(), 2);
+        for item in &finished {
+            let Finished::Segment(segment) = item else {
+                panic!("a part without parts: {item:?}");
+            };
+            assert_eq!(segment.duration, Duration::from_secs(1));
+            assert!(ts_pids(&segment.bytes).contains(&0));
+        }
     }
 }

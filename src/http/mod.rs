@@ -208,26 +208,32 @@ pub fn routes(app: App) -> warp::filters::BoxedFilter<(warp::reply::Response,)> 
         );
     let hls_files = warp::path!("hls" / String)
         .and(get_or_head())
+        // The raw query (blocking reload's `_HLS_msn`/`_HLS_part`, parsed strictly in
+        // `hls::Reload`); `query::raw` refuses a request without one, hence the fallback.
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(with_app(app.clone()))
         .and(warp::header::optional::<String>("origin"))
-        .map(|name: String, app: App, from: Option<String>| {
-            let response = match &app.hls {
-                Some(mirror) => {
-                    app.hub.audience().hls_request();
-                    app.metrics.hls_request(match crate::hls::file_kind(&name) {
-                        Some(crate::hls::FileKind::Playlist) => "playlist",
-                        Some(crate::hls::FileKind::Segment) => "segment",
-                        None => "other",
-                    });
-                    hls::response(mirror.dir(), &name)
-                }
-                None => warp::Reply::into_response(warp::reply::with_status(
-                    "the HLS mirror is off (--no-hls)\n",
-                    warp::http::StatusCode::NOT_FOUND,
-                )),
-            };
-            origin::with_cors(response, from.as_deref(), &app.config)
-        });
+        .then(
+            |name: String, query: String, app: App, from: Option<String>| async move {
+                let response = match app.hls.clone() {
+                    Some(mirror) => {
+                        app.hub.audience().hls_request();
+                        app.metrics.hls_request(match crate::hls::file_kind(&name) {
+                            Some(crate::hls::FileKind::Playlist) => "playlist",
+                            Some(crate::hls::FileKind::Segment) => "segment",
+                            Some(crate::hls::FileKind::Part { .. }) => "part",
+                            None => "other",
+                        });
+                        hls::respond(&mirror, &name, &query).await
+                    }
+                    None => warp::Reply::into_response(warp::reply::with_status(
+                        "the HLS mirror is off (--no-hls)\n",
+                        warp::http::StatusCode::NOT_FOUND,
+                    )),
+                };
+                origin::with_cors(response, from.as_deref(), &app.config)
+            },
+        );
     let hls_page = warp::path!("hls.html")
         .and(get_or_head())
         .map(|| assets::response("hls.html"));

@@ -74,7 +74,7 @@ export async function startLenscast(args, { timeoutMs = 15000 } = {}) {
     const url = await new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`no viewer URL after ${timeoutMs} ms`)), timeoutMs);
       const onData = () => {
-        const match = /http:\/\/127\.0\.0\.1:\d+\//.exec(output);
+        const match = /https?:\/\/127\.0\.0\.1:\d+\//.exec(output);
         if (match) {
           clearTimeout(timer);
           resolve(match[0]);

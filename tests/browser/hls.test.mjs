@@ -22,10 +22,11 @@ import {
 } from './helpers.mjs';
 
 const BENCH_FILE = path.join(REPO_ROOT, 'target/bench/hls-latency.json');
-const LATENCY_WINDOW_MS = 15000;
+const LATENCY_WINDOW_MS = 30000;
 const LATENCY_SAMPLE_MS = 500;
-const LATENCY_TARGET_S = 4; // the goal with 1 s segments: reported, not asserted (shared machine)
-const LATENCY_LIMIT_S = 10; // asserted: further behind than this is broken, not slow
+const LATENCY_TARGET_S = 1.2; // the goal with LL-HLS parts (PART-HOLD-BACK ≈ 1 s): reported
+const LOW_LATENCY_LIMIT_S = 1.5; // asserted on the p50 behind live (issue 11)
+const LATENCY_LIMIT_S = 10; // asserted by the other tests: further behind is broken, not slow
 const PLAYLIST_WINDOW = 6; // segments the server lists (HlsConfig's default window)
 // Joining takes a first playlist (about a second after the server starts), hls.js and segments.
 const START_TIMEOUT_MS = 30000;
@@ -33,14 +34,24 @@ const START_TIMEOUT_MS = 30000;
 /** The annotating server (demo input) and a browser, cleaned up after `body`. */
 const withAnnotatingServer = (body) => withServerAndBrowser(() => startLenscast([]), body);
 
-/** How long ago (s) the newest segment in the playlist ended, by its PROGRAM-DATE-TIME. */
+/** How long ago (s) the newest media in the playlist ended, by PROGRAM-DATE-TIME: the last
+ *  dated segment's end, or with parts, the end of its newest part. */
 async function playlistAge(server) {
   const response = await fetch(new URL('/hls/live.m3u8', server.url));
   const text = await response.text();
-  const dates = [...text.matchAll(/#EXT-X-PROGRAM-DATE-TIME:(\S+)\s+#EXTINF:([\d.]+)/g)];
-  if (!dates.length) return null;
-  const [, date, duration] = dates[dates.length - 1];
-  return (Date.now() - (Date.parse(date) + Number(duration) * 1000)) / 1000;
+  let date = null;
+  let parts = 0;
+  let whole = null;
+  for (const line of text.split('\n')) {
+    const dated = line.match(/^#EXT-X-PROGRAM-DATE-TIME:(\S+)/);
+    const part = line.match(/^#EXT-X-PART:DURATION=([\d.]+)/);
+    const extinf = line.match(/^#EXTINF:([\d.]+)/);
+    if (dated) [date, parts, whole] = [Date.parse(dated[1]), 0, null];
+    else if (part) parts += Number(part[1]);
+    else if (extinf) whole = Number(extinf[1]);
+  }
+  if (date === null) return null;
+  return (Date.now() - (date + (whole ?? parts) * 1000)) / 1000;
 }
 
 /** Waits until the playlist lists as many segments as it ever will (its sliding window).
@@ -129,7 +140,7 @@ test('viewer: falls back to HLS by itself when MSE cannot take WebM', { timeout:
   });
 });
 
-test('hls.js: how far behind live it plays with 1 s segments', { timeout: 120000 }, async () => {
+test('hls.js: how far behind live it plays with LL-HLS parts', { timeout: 150000 }, async () => {
   await withAnnotatingServer(async (server, context) => {
     // A viewer who joins a full playlist, as most do, not one that is still growing.
     await waitForFullPlaylist(server);
@@ -160,11 +171,11 @@ test('hls.js: how far behind live it plays with 1 s segments', { timeout: 120000
     const p90 = percentile(sorted, 90);
     const edgeP50 = percentile([...edge].sort((a, b) => a - b), 50);
     const ageP50 = percentile([...playlistAges].sort((a, b) => a - b), 50);
-    const within = p50 < LATENCY_TARGET_S ? 'within' : 'OVER';
+    const within = p50 <= LATENCY_TARGET_S ? 'within' : 'OVER';
     console.log(`hls.js behind live p50=${p50?.toFixed(2)} s p90=${p90?.toFixed(2)} s n=${sorted.length}`);
     console.log(
       `  ${within} the ${LATENCY_TARGET_S} s target; behind the playlist's edge p50=${edgeP50?.toFixed(2)} s; ` +
-        `newest segment ended p50=${ageP50?.toFixed(2)} s before a playlist fetch; stalls ${stalls}; ` +
+        `newest media ended p50=${ageP50?.toFixed(2)} s before a playlist fetch; stalls ${stalls}; ` +
         `mirror encode ${mirror.encode_ms?.toFixed(1)} ms/frame, ${mirror.frames_dropped} frames dropped`,
     );
     fs.mkdirSync(path.dirname(BENCH_FILE), { recursive: true });
@@ -175,6 +186,7 @@ test('hls.js: how far behind live it plays with 1 s segments', { timeout: 120000
           measured_at: new Date().toISOString(),
           player: 'hls.js',
           segment_duration_s: mirror.segment_duration_s,
+          part_duration_s: mirror.part_duration_s,
           window_ms: LATENCY_WINDOW_MS,
           n: sorted.length,
           p50_s: p50 ?? null,
@@ -194,8 +206,9 @@ test('hls.js: how far behind live it plays with 1 s segments', { timeout: 120000
       )}\n`,
     );
 
-    assert.ok(sorted.length >= 10, `only ${sorted.length} samples while playing\n${await describe(page)}`);
-    assert.ok(p50 < LATENCY_LIMIT_S, `behind live p50 ${p50} s\n${await describe(page)}`);
+    // Most of the window playing (a sample every 0.5 s), and at the issue's limit.
+    assert.ok(sorted.length >= 40, `only ${sorted.length} samples while playing\n${await describe(page)}`);
+    assert.ok(p50 <= LOW_LATENCY_LIMIT_S, `behind live p50 ${p50} s\n${await describe(page)}`);
   });
 });
 
