@@ -7,7 +7,7 @@ SHELL := /bin/bash
 # mkvinfo, Chromium, GStreamer). Names verified on Debian 12 (see ../shared/PLATFORM.md).
 APT_PACKAGES := pkg-config clang libclang-dev libopencv-dev opencv-data \
 	libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev \
-	ffmpeg mkvtoolnix chromium chromium-driver \
+	ffmpeg mkvtoolnix chromium chromium-driver openssl \
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
 # Only `make bench` needs these: Icecast, the fan-out bench's yardstick.
 BENCH_PACKAGES := icecast2

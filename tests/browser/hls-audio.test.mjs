@@ -10,6 +10,8 @@ import {
   REPO_ROOT,
   describe,
   openViewer,
+  percentile,
+  sleep,
   startLenscast,
   withServerAndBrowser,
   waitForPlayback,
@@ -72,6 +74,19 @@ test('hls.html: the source\'s Opus plays as audio (an analyser hears the 440 Hz 
       assert.ok(median > 0.02, `silence: ${JSON.stringify(heard)}\n${await describe(page)}`);
       // One FFT bin is 48000 / 8192 = 5.9 Hz wide.
       assert.ok(Math.abs(heard.peakHz - SINE_HZ) < 15, `loudest at ${heard.peakHz} Hz, not the sine`);
+
+      // Audio must not cost the low-latency playback: pictures wait for the audio of their
+      // time before they are muxed, so measure how far behind live the player stays.
+      const behind = [];
+      for (let look = 0; look < 20; look++) {
+        await sleep(500);
+        const hls = await page.evaluate(() => window.lenscastHls);
+        if (hls.state === 'playing' && hls.behindLive !== null) behind.push(hls.behindLive);
+      }
+      const p50 = percentile([...behind].sort((a, b) => a - b), 50);
+      console.log(`hls.js with audio: behind live p50=${p50?.toFixed(2)} s over ${behind.length} samples`);
+      assert.ok(behind.length >= 10, `only ${behind.length} samples while playing`);
+      assert.ok(p50 <= 1.5, `behind live p50 ${p50} s with audio\n${await describe(page)}`);
     },
   );
 });
