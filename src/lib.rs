@@ -32,6 +32,8 @@
 //!   stamps on keyframe Clusters, and the viewers' reports.
 //! - [`metrics`]: `/metrics` in Prometheus's text format (the same figures as `/api/status`,
 //!   plus viewers by transport, HLS requests and stage-time histograms).
+//! - [`relay`]: edge mode (`--relay URL`): pull another lenscast's stream, serve it as our own,
+//!   proxy its HLS.
 //! - [`audience`]: whether anyone watches (viewers, recent HLS requests), so a looped input
 //!   pauses when nobody does.
 //!
@@ -49,6 +51,7 @@ pub mod media;
 pub mod metrics;
 pub mod pipeline;
 pub mod priority;
+pub mod relay;
 pub mod server;
 pub mod source;
 

@@ -88,6 +88,24 @@ struct ServeArgs {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
 
+    /// Edge mode: pull the live stream of the lenscast at this URL (e.g. http://origin:8080)
+    /// and serve it to this server's own viewers, reconnecting with backoff when the origin
+    /// goes away (viewers stay connected). Implies --passthrough; /hls/ is proxied from the
+    /// origin. Edges chain: an edge's URL works here too.
+    #[arg(long, value_name = "URL", conflicts_with = "input")]
+    relay: Option<String>,
+
+    /// On an origin: edges must give this token to pull /relay.webm. On an edge (with
+    /// --relay): the origin's token, given when pulling (and this edge accepts it from its own
+    /// edges). Without it edges pull the public /live.webm.
+    #[arg(
+        long,
+        env = "LENSCAST_RELAY_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    relay_token: Option<String>,
+
     /// Also answer requests whose Host header is this name (e.g. live.example.org), as when
     /// behind a proxy or on a DNS name. Repeat for several. IP addresses and `localhost` are
     /// always accepted; any other name is refused with 403, which stops DNS-rebinding pages.
@@ -337,6 +355,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             presenter_idle: args.presenter_idle,
             // Set by the server from `tls` below.
             tls: false,
+            relay_token: args.relay_token.clone().filter(|t| !t.is_empty()),
+        },
+        relay: match args.relay.as_deref() {
+            Some(url) => Some(lenscast::relay::RelayConfig::parse(
+                url,
+                args.relay_token.clone(),
+            )?),
+            None => None,
         },
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(lenscast::http::tls::TlsFiles { cert, key }),
@@ -366,18 +392,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr().context("reading the bound address")?;
     let scheme = if tls { "https" } else { "http" };
     let base = format!("{scheme}://{addr}");
-    println!(
-        "lenscast is serving ({})",
-        if args.passthrough {
-            "passthrough"
-        } else {
-            "annotating faces"
-        }
-    );
+    let mode = match (&args.relay, args.passthrough) {
+        (Some(origin), _) => format!("edge of {origin}"),
+        (None, true) => "passthrough".to_string(),
+        (None, false) => "annotating faces".to_string(),
+    };
+    println!("lenscast is serving ({mode})");
     println!("  viewer      {base}/");
     println!("  presenter   {base}/present?token={token}");
     println!("  stream      {base}/live.webm");
-    if !args.no_hls {
+    if !args.no_hls || args.relay.is_some() {
         println!("  hls         {base}/hls.html  (playlist {base}/hls/live.m3u8)");
     }
     println!("  status      {base}/api/status");

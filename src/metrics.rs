@@ -20,6 +20,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 use crate::hls::HlsStatus;
 use crate::hub::HubStatus;
 use crate::pipeline::PipelineStats;
+use crate::relay::RelayStatus;
 use crate::source::slot::{SourceState, SourceStatus};
 
 /// The content type of Prometheus's text exposition format.
@@ -64,6 +65,8 @@ pub enum Transport {
     WebSocket,
     /// `/live.webm`.
     Http,
+    /// `/relay.webm`: an edge pulling the stream.
+    Relay,
 }
 
 impl Transport {
@@ -71,6 +74,7 @@ impl Transport {
         match self {
             Transport::WebSocket => "ws",
             Transport::Http => "http",
+            Transport::Relay => "relay",
         }
     }
 }
@@ -118,6 +122,8 @@ pub struct Snapshot<'a> {
     pub source: &'a SourceStatus,
     pub pipeline: Option<&'a PipelineStats>,
     pub hls: Option<&'a HlsStatus>,
+    /// Edge mode only.
+    pub relay: Option<&'a RelayStatus>,
 }
 
 impl Metrics {
@@ -132,7 +138,7 @@ impl Metrics {
         };
         metrics.describe();
         // Series that exist from the start, at zero, so a dashboard has a line to draw.
-        for transport in [Transport::WebSocket, Transport::Http] {
+        for transport in [Transport::WebSocket, Transport::Http, Transport::Relay] {
             metrics
                 .gauge("lenscast_viewers", &[("transport", transport.label())])
                 .set(0.0);
@@ -233,104 +239,27 @@ impl Metrics {
             self.counter("lenscast_hls_frames_dropped_total", &[])
                 .absolute(hls.frames_dropped);
         }
+        if let Some(relay) = snapshot.relay {
+            self.gauge("lenscast_relay_connected", &[])
+                .set(f64::from(u8::from(relay.connected)));
+            self.counter("lenscast_relay_reconnects_total", &[])
+                .absolute(relay.reconnects);
+            self.counter("lenscast_relay_received_bytes_total", &[])
+                .absolute(relay.received_bytes);
+            // NaN while disconnected: no data is arriving to be late.
+            self.gauge("lenscast_relay_data_age_seconds", &[])
+                .set(relay.last_data_age_s.unwrap_or(f64::NAN));
+        }
         self.inner.handle.render()
     }
 
     fn describe(&self) {
-        let describe = |name: &'static str, help: &'static str| {
-            // Kind does not matter to the exporter's HELP lines: one call covers any kind.
+        for (name, help) in HELP {
+            // The exporter keeps one HELP text per name whatever the kind: one call covers any.
             self.inner
                 .recorder
-                .describe_counter(name.into(), None, help.into());
-        };
-        describe("lenscast_viewers", "Viewers connected now, by transport.");
-        describe("lenscast_viewer_joins_total", "Viewers that have joined.");
-        describe("lenscast_viewer_leaves_total", "Viewers that have left.");
-        describe(
-            "lenscast_sent_bytes_total",
-            "Stream bytes written to viewers.",
-        );
-        describe(
-            "lenscast_sent_clusters_total",
-            "WebM Clusters (chunks of about a frame) started for viewers.",
-        );
-        describe(
-            "lenscast_lag_resyncs_total",
-            "Times a viewer fell behind and was moved to the next keyframe.",
-        );
-        describe(
-            "lenscast_slow_viewers_dropped_total",
-            "Viewers disconnected because their connection accepted nothing for too long.",
-        );
-        describe(
-            "lenscast_received_bytes_total",
-            "Bytes received from sources.",
-        );
-        describe(
-            "lenscast_source_state",
-            "1 for the source's current state (idle, live, ended).",
-        );
-        describe(
-            "lenscast_presenter_connected",
-            "1 while a presenter is publishing.",
-        );
-        describe(
-            "lenscast_pipeline_stage_seconds",
-            "Time per frame in each pipeline stage.",
-        );
-        describe(
-            "lenscast_frames_in_total",
-            "Frames decoded from the source.",
-        );
-        describe("lenscast_frames_out_total", "Frames encoded for viewers.");
-        describe(
-            "lenscast_frames_dropped_total",
-            "Frames dropped because they arrived too late to keep up.",
-        );
-        describe(
-            "lenscast_hls_segments_total",
-            "HLS segments written since the start.",
-        );
-        describe(
-            "lenscast_hls_requests_total",
-            "HLS requests by file kind (a cache in front shows here).",
-        );
-        describe(
-            "lenscast_faces_total",
-            "Faces found, summed over detections.",
-        );
-        describe(
-            "lenscast_decode_errors_total",
-            "Source frames that did not decode.",
-        );
-        describe(
-            "lenscast_join_cache_bytes",
-            "Bytes cached for joining viewers (since the latest keyframe Cluster).",
-        );
-        describe(
-            "lenscast_buffered_bytes",
-            "Bytes held for viewers that are behind.",
-        );
-        describe(
-            "lenscast_uptime_seconds",
-            "Seconds since the server started.",
-        );
-        describe(
-            "lenscast_hls_segments_listed",
-            "Segments in the HLS playlist now.",
-        );
-        describe(
-            "lenscast_hls_segments_on_disk",
-            "HLS segment files on disk now.",
-        );
-        describe(
-            "lenscast_hls_frames_encoded_total",
-            "Pictures encoded to H.264 for HLS.",
-        );
-        describe(
-            "lenscast_hls_frames_dropped_total",
-            "Pictures the HLS mirror could not take (it was behind).",
-        );
+                .describe_counter((*name).into(), None, (*help).into());
+        }
     }
 
     fn counter(&self, name: &'static str, labels: &[(&'static str, &'static str)]) -> Counter {
@@ -351,6 +280,126 @@ impl Metrics {
             .register_histogram(&key(name, labels), &METADATA)
     }
 }
+
+/// The HELP line of each metric.
+const HELP: &[(&str, &str)] = &[
+    (
+        "lenscast_viewers",
+        "Viewers connected now, by transport.",
+    ),
+    (
+        "lenscast_viewer_joins_total",
+        "Viewers that have joined.",
+    ),
+    (
+        "lenscast_viewer_leaves_total",
+        "Viewers that have left.",
+    ),
+    (
+        "lenscast_sent_bytes_total",
+        "Stream bytes written to viewers.",
+    ),
+    (
+        "lenscast_sent_clusters_total",
+        "WebM Clusters (chunks of about a frame) started for viewers.",
+    ),
+    (
+        "lenscast_lag_resyncs_total",
+        "Times a viewer fell behind and was moved to the next keyframe.",
+    ),
+    (
+        "lenscast_slow_viewers_dropped_total",
+        "Viewers disconnected because their connection accepted nothing for too long.",
+    ),
+    (
+        "lenscast_received_bytes_total",
+        "Bytes received from sources.",
+    ),
+    (
+        "lenscast_source_state",
+        "1 for the source's current state (idle, live, ended).",
+    ),
+    (
+        "lenscast_presenter_connected",
+        "1 while a presenter is publishing.",
+    ),
+    (
+        "lenscast_pipeline_stage_seconds",
+        "Time per frame in each pipeline stage.",
+    ),
+    (
+        "lenscast_frames_in_total",
+        "Frames decoded from the source.",
+    ),
+    (
+        "lenscast_frames_out_total",
+        "Frames encoded for viewers.",
+    ),
+    (
+        "lenscast_frames_dropped_total",
+        "Frames dropped because they arrived too late to keep up.",
+    ),
+    (
+        "lenscast_hls_segments_total",
+        "HLS segments written since the start.",
+    ),
+    (
+        "lenscast_hls_requests_total",
+        "HLS requests by file kind (a cache in front shows here).",
+    ),
+    (
+        "lenscast_faces_total",
+        "Faces found, summed over detections.",
+    ),
+    (
+        "lenscast_decode_errors_total",
+        "Source frames that did not decode.",
+    ),
+    (
+        "lenscast_join_cache_bytes",
+        "Bytes cached for joining viewers (since the latest keyframe Cluster).",
+    ),
+    (
+        "lenscast_buffered_bytes",
+        "Bytes held for viewers that are behind.",
+    ),
+    (
+        "lenscast_uptime_seconds",
+        "Seconds since the server started.",
+    ),
+    (
+        "lenscast_hls_segments_listed",
+        "Segments in the HLS playlist now.",
+    ),
+    (
+        "lenscast_hls_segments_on_disk",
+        "HLS segment files on disk now.",
+    ),
+    (
+        "lenscast_hls_frames_encoded_total",
+        "Pictures encoded to H.264 for HLS.",
+    ),
+    (
+        "lenscast_hls_frames_dropped_total",
+        "Pictures the HLS mirror could not take (it was behind).",
+    ),
+    (
+        "lenscast_relay_connected",
+        "Edge mode: 1 while the origin's stream is being received.",
+    ),
+    (
+        "lenscast_relay_reconnects_total",
+        "Edge mode: connections to the origin after the first.",
+    ),
+    (
+        "lenscast_relay_received_bytes_total",
+        "Edge mode: stream bytes received from the origin.",
+    ),
+    (
+        "lenscast_relay_data_age_seconds",
+        "Edge mode: seconds since the origin last sent anything (how far behind it the edge may be).",
+    ),
+];
 
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
 

@@ -56,6 +56,9 @@ pub struct ServerConfig {
     pub http: HttpConfig,
     /// Serve https and wss with this certificate and key (`--tls-cert`, `--tls-key`).
     pub tls: Option<crate::http::tls::TlsFiles>,
+    /// Edge mode: pull this origin's stream instead of running `input` (`--relay`); the
+    /// server is then passthrough, and its HLS a proxy of the origin's.
+    pub relay: Option<crate::relay::RelayConfig>,
     /// What the hub keeps for viewers that fall behind (chunks and bytes).
     pub viewer_buffer: crate::hub::Limits,
     /// How often viewers that keep up are written to.
@@ -78,6 +81,7 @@ impl Default for ServerConfig {
             hls: Some(HlsConfig::default()),
             http: HttpConfig::default(),
             tls: None,
+            relay: None,
             viewer_buffer: crate::hub::Limits::default(),
             viewer_batch: crate::hub::Batching::Auto,
             max_resolution: Resolution::DEFAULT,
@@ -108,6 +112,15 @@ impl Server {
             .map(crate::http::tls::server_config)
             .transpose()?;
         config.http.tls = tls.is_some();
+        let relay = config
+            .relay
+            .clone()
+            .map(|relay| Arc::new(crate::relay::Relay::new(relay)));
+        if relay.is_some() {
+            // The origin boxed the faces and makes the HLS segments: an edge only forwards.
+            config.passthrough = true;
+            config.hls = None;
+        }
         let hub = Hub::with_batching(config.viewer_buffer, config.viewer_batch);
         let metrics = crate::metrics::Metrics::new();
         config.pipeline.stages = metrics.stage_times();
@@ -157,10 +170,12 @@ impl Server {
             config: Arc::new(config.http.clone()),
             latency: Arc::default(),
             metrics,
+            relay: relay.clone(),
         };
         Ok(Server {
             app,
-            input: Some(config.input),
+            // An edge's source is the origin.
+            input: relay.is_none().then_some(config.input),
             pipelines,
             limits: config.connections,
             pause_unwatched: config.pause_unwatched,
@@ -198,6 +213,10 @@ impl Server {
                 let _ = source::run(input, slot, audience).await;
             })
         });
+        let relay_task = app
+            .relay
+            .clone()
+            .map(|relay| tokio::spawn(relay.run(app.slot.clone())));
         let (closing, closed) = tokio::sync::watch::channel(false);
         let hub = app.hub.clone();
         let on_stall: http::conn::StallHook = Arc::new(move || hub.count_slow_drop());
@@ -228,7 +247,7 @@ impl Server {
         {
             tracing::info!("connections still open after the grace period; closing them");
         }
-        if let Some(task) = input_task {
+        for task in input_task.into_iter().chain(relay_task) {
             task.abort();
         }
         let stopping = tokio::task::spawn_blocking(move || {

@@ -22,6 +22,7 @@ use warp::http::Response;
 use warp::Filter;
 
 use crate::hub::Hub;
+use crate::metrics::Transport;
 use crate::source::Slot;
 use publish::{PublishQuery, Publishing};
 
@@ -65,6 +66,8 @@ pub struct HttpConfig {
     /// Whether this listener speaks TLS (set by the server from `--tls-cert`): our pages'
     /// origin is then `https://`.
     pub tls: bool,
+    /// `--relay-token`: edges that give it may pull `/relay.webm`; `None`: no relay endpoint.
+    pub relay_token: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -75,6 +78,7 @@ impl Default for HttpConfig {
             cors_origins: Vec::new(),
             presenter_idle: Duration::from_secs(5),
             tls: false,
+            relay_token: None,
         }
     }
 }
@@ -94,6 +98,8 @@ pub struct App {
     pub latency: Arc<crate::latency::Reports>,
     /// `/metrics`.
     pub metrics: crate::metrics::Metrics,
+    /// Edge mode: the origin this server relays (and proxies HLS from).
+    pub relay: Option<Arc<crate::relay::Relay>>,
 }
 
 impl App {
@@ -101,11 +107,13 @@ impl App {
     pub fn metrics_text(&self) -> String {
         let pipeline = self.slot.pipeline().map(|p| p.stats());
         let hls = self.hls.as_ref().map(|h| h.status());
+        let relay = self.relay.as_ref().map(|r| r.status());
         self.metrics.render(&crate::metrics::Snapshot {
             hub: &self.hub.status(),
             source: &self.slot.status(),
             pipeline: pipeline.as_ref(),
             hls: hls.as_ref(),
+            relay: relay.as_ref(),
         })
     }
 
@@ -130,6 +138,8 @@ impl App {
         status["pipeline"] = serde_json::to_value(&pipeline).expect("stats serialize");
         let hls = self.hls.as_ref().map(|h| h.status());
         status["hls"] = serde_json::to_value(hls).expect("stats serialize");
+        let relay = self.relay.as_ref().map(|r| r.status());
+        status["relay"] = serde_json::to_value(relay).expect("stats serialize");
         // The latency budget: the server's own part (capture → arrival is the presenter's
         // recorder and upload; arrival → broadcast the pipeline) and what viewers see end to end.
         status["latency"] = serde_json::json!({
@@ -142,6 +152,12 @@ impl App {
         status["server_ms"] = crate::latency::WallTime::now().as_millis().into();
         status
     }
+}
+
+/// `/relay.webm?token=`.
+#[derive(Debug, serde::Deserialize)]
+struct RelayQuery {
+    token: Option<String>,
 }
 
 /// GET, and HEAD for the same route: the same status and headers, no body (hyper leaves the
@@ -215,18 +231,23 @@ pub fn routes(app: App) -> warp::filters::BoxedFilter<(warp::reply::Response,)> 
         .and(warp::header::optional::<String>("origin"))
         .then(
             |name: String, query: String, app: App, from: Option<String>| async move {
-                let response = match app.hls.clone() {
-                    Some(mirror) => {
-                        app.hub.audience().hls_request();
-                        app.metrics.hls_request(match crate::hls::file_kind(&name) {
-                            Some(crate::hls::FileKind::Playlist) => "playlist",
-                            Some(crate::hls::FileKind::Segment) => "segment",
-                            Some(crate::hls::FileKind::Part { .. }) => "part",
-                            None => "other",
-                        });
-                        hls::respond(&mirror, &name, &query).await
-                    }
-                    None => warp::Reply::into_response(warp::reply::with_status(
+                let kind = crate::hls::file_kind(&name);
+                if app.hls.is_some() || app.relay.is_some() {
+                    app.hub.audience().hls_request();
+                    app.metrics.hls_request(match kind {
+                        Some(crate::hls::FileKind::Playlist) => "playlist",
+                        Some(crate::hls::FileKind::Segment) => "segment",
+                        Some(crate::hls::FileKind::Part { .. }) => "part",
+                        None => "other",
+                    });
+                }
+                let response = match (app.hls.clone(), app.relay.clone()) {
+                    (Some(mirror), _) => hls::respond(&mirror, &name, &query).await,
+                    // An edge: the origin's files, for names that can be ours only (nothing
+                    // else is passed on to the origin).
+                    (None, Some(relay)) if kind.is_some() => relay.fetch(&name, &query).await,
+                    (None, Some(_)) => hls::response(std::path::Path::new(""), &name),
+                    (None, None) => warp::Reply::into_response(warp::reply::with_status(
                         "the HLS mirror is off (--no-hls)\n",
                         warp::http::StatusCode::NOT_FOUND,
                     )),
@@ -302,6 +323,42 @@ pub fn routes(app: App) -> warp::filters::BoxedFilter<(warp::reply::Response,)> 
                 )
             },
         );
+    // The relay endpoint: the same stream for edges that give the origin's `--relay-token`.
+    let relay_stream = warp::path!("relay.webm")
+        .and(warp::get())
+        .and(warp::query::<RelayQuery>())
+        .and(with_app(app.clone()))
+        .and(conn::remote())
+        .map(|query: RelayQuery, app: App, remote: Option<SocketAddr>| {
+            let allowed = match (&app.config.relay_token, &query.token) {
+                (Some(expected), Some(given)) => {
+                    publish::tokens_match(expected.as_bytes(), given.as_bytes())
+                }
+                _ => false,
+            };
+            match (&app.config.relay_token, allowed) {
+                (None, _) => warp::Reply::into_response(warp::reply::with_status(
+                    "no relay endpoint: start the origin with --relay-token\n",
+                    warp::http::StatusCode::NOT_FOUND,
+                )),
+                (Some(_), false) => {
+                    tracing::info!(?remote, "relay refused: wrong or missing token");
+                    // Guesses count against the same per-address budget as publish tokens.
+                    let from = remote
+                        .map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |r| {
+                            r.ip()
+                        });
+                    match app.publishing.wrong_token(from) {
+                        throttled @ publish::Refusal::TooManyGuesses(_) => throttled.reply(),
+                        _ => warp::Reply::into_response(warp::reply::with_status(
+                            "a relay must give the origin's --relay-token\n",
+                            warp::http::StatusCode::UNAUTHORIZED,
+                        )),
+                    }
+                }
+                (Some(_), true) => view::http_stream_as(app, remote, Transport::Relay),
+            }
+        });
     let live = warp::path!("live.webm")
         .and(get_or_head())
         .and(warp::method())
@@ -329,6 +386,7 @@ pub fn routes(app: App) -> warp::filters::BoxedFilter<(warp::reply::Response,)> 
         .or(http_publish)
         .or(present)
         .or(hls_files)
+        .or(relay_stream)
         .or(hls_page)
         .or(hls_js)
         .or(live)

@@ -114,7 +114,7 @@ impl Publishing {
 
     /// A wrong token from `from`: 401 while its budget lasts (logged with the count of
     /// attempts throttled since the last line), 429 after.
-    fn wrong_token(&self, from: IpAddr) -> Refusal {
+    pub(crate) fn wrong_token(&self, from: IpAddr) -> Refusal {
         if self.wrong_tokens.len() > MAX_TRACKED_ADDRESSES {
             self.wrong_tokens.retain_recent();
         }
@@ -133,12 +133,19 @@ impl Publishing {
 
     /// Checks the token in constant time (no early exit that would leak a matching prefix).
     pub fn token_ok(&self, given: Option<&str>) -> bool {
-        let Some(given) = given else {
-            return false;
-        };
-        let (a, b) = (given.as_bytes(), self.token.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        given.is_some_and(|given| tokens_match(self.token.as_bytes(), given.as_bytes()))
     }
+}
+
+/// Compares a secret with what a client gave in constant time for equal lengths (no early
+/// exit that would leak a matching prefix). Publish and relay tokens both use it.
+pub fn tokens_match(expected: &[u8], given: &[u8]) -> bool {
+    expected.len() == given.len()
+        && expected
+            .iter()
+            .zip(given)
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// Checks whether a presenter could start now (for refusing before an upgrade or body).

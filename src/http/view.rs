@@ -228,11 +228,21 @@ pub fn http_head(app: &App) -> warp::reply::Response {
 /// polled; the connection layer closes it after `--viewer-timeout`, and the hub's ring bounds
 /// what it pinned meanwhile.
 pub fn http_stream(app: App, remote: Option<SocketAddr>) -> warp::reply::Response {
+    http_stream_as(app, remote, Transport::Http)
+}
+
+/// The `/live.webm` stream, counted in `/metrics` as `transport` (an edge on `/relay.webm`
+/// is a relay, not a viewer).
+pub fn http_stream_as(
+    app: App,
+    remote: Option<SocketAddr>,
+    transport: Transport,
+) -> warp::reply::Response {
     let id = NEXT_VIEWER.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(viewer = id, ?remote, via = "http", "viewer joined");
+    tracing::info!(viewer = id, ?remote, via = ?transport, "viewer joined");
     let body = HttpViewer {
         viewer: app.hub.subscribe(),
-        _counted: app.metrics.viewer(Transport::Http),
+        _counted: app.metrics.viewer(transport),
         hub: app.hub.clone(),
         keepalive: Box::pin(tokio::time::sleep(KEEPALIVE)),
         last_sent: Instant::now(),

@@ -64,6 +64,17 @@ impl Drop for TestServer {
 
 /// Builds the server from `config` and runs it on 127.0.0.1:0.
 pub async fn start_server(config: ServerConfig, input: Option<Input>) -> TestServer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_server_on(listener, config, input)
+}
+
+/// Builds the server from `config` and runs it on `listener` (e.g. a port a stopped server
+/// had, to restart it where its clients look for it).
+pub fn start_server_on(
+    listener: tokio::net::TcpListener,
+    config: ServerConfig,
+    input: Option<Input>,
+) -> TestServer {
     let server = Server::new(ServerConfig {
         input: input.clone().unwrap_or_else(Input::demo),
         token: TOKEN.to_string(),
@@ -76,7 +87,6 @@ pub async fn start_server(config: ServerConfig, input: Option<Input>) -> TestSer
         server
     };
     let app = server.app().clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(listener, async move {
