@@ -514,19 +514,7 @@ async fn low_latency_hls_blocking_reloads_and_hinted_parts() {
 
     // Plain HLS players read the same playlist: ffmpeg ignores the part tags and plays the
     // whole segments.
-    let url = format!("http://{addr}/hls/live.m3u8");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("ffmpeg")
-            .args([
-                "-nostdin", "-v", "error", "-i", &url, "-t", "3", "-f", "null", "-",
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let errors = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success() && errors.is_empty(), "{errors}");
+    assert_ffmpeg_reads_cleanly(format!("http://{addr}/hls/live.m3u8")).await;
     let status = status(addr).await;
     assert_eq!(status["hls"]["part_duration_s"], 0.2);
     assert!(status["hls"]["parts_on_disk"].as_u64().unwrap() > 0);
