@@ -46,6 +46,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_TIMEOUT: Duration = Duration::from_secs(15);
 /// The most an HLS proxy response may hold (a segment is about a second of video).
 const MAX_PROXIED_BODY: usize = 32 * 1024 * 1024;
+/// How long an HLS request through the edge may take in all, head and body: the origin holds
+/// a blocking playlist reload for up to three target durations (3 s with 1 s segments, more
+/// with longer ones) before it answers at all.
+const PROXY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why relaying failed (each attempt; the relay itself never gives up).
 #[derive(Debug, thiserror::Error)]
@@ -268,7 +272,7 @@ impl Relay {
 
     /// A GET to the origin; the response once its head has arrived (2xx only).
     async fn get(&self, path: &str) -> Result<Response<Incoming>, RelayError> {
-        let response = self.request(path).await?;
+        let response = self.request(path, CONNECT_TIMEOUT).await?;
         if !response.status().is_success() {
             return Err(RelayError::Status {
                 status: response.status(),
@@ -279,7 +283,12 @@ impl Relay {
         Ok(response)
     }
 
-    async fn request(&self, path: &str) -> Result<Response<Incoming>, RelayError> {
+    /// A GET to the origin; the response once its head has arrived within `timeout`.
+    async fn request(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, RelayError> {
         let authority = &self.config.authority;
         let attempt = async {
             let tcp = tokio::net::TcpStream::connect(authority)
@@ -307,7 +316,7 @@ impl Relay {
                 .map_err(|_| RelayError::BadUrl(path.to_string()))?;
             Ok::<_, RelayError>(sender.send_request(request).await?)
         };
-        tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+        tokio::time::timeout(timeout, attempt)
             .await
             .map_err(|_| RelayError::Timeout(authority.clone()))?
     }
@@ -322,7 +331,7 @@ impl Relay {
             format!("{}/hls/{name}?{query}", self.config.prefix)
         };
         let fetched = async {
-            let response = self.request(&path).await?;
+            let response = self.request(&path, PROXY_TIMEOUT).await?;
             let (head, body) = response.into_parts();
             let body = http_body_util::Limited::new(body, MAX_PROXIED_BODY)
                 .collect()
@@ -331,8 +340,7 @@ impl Relay {
                 .to_bytes();
             Ok::<_, RelayError>((head, body))
         };
-        // A blocking reload waits up to 3 target durations at the origin; allow for that.
-        match tokio::time::timeout(READ_TIMEOUT, fetched).await {
+        match tokio::time::timeout(PROXY_TIMEOUT, fetched).await {
             Ok(Ok((head, body))) => {
                 let mut response = warp::reply::Response::new(body.into());
                 *response.status_mut() = head.status;
