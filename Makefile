@@ -4,10 +4,11 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 
 # System packages: build (FFmpeg, OpenCV, clang for bindgen) and test tools (ffmpeg CLI,
-# mkvinfo, Chromium, GStreamer). Names verified on Debian 12 (see ../shared/PLATFORM.md).
+# mkvinfo, Chromium, GStreamer, nginx for tests/nginx.rs). Names verified on Debian 12
+# (see ../shared/PLATFORM.md).
 APT_PACKAGES := pkg-config clang libclang-dev libopencv-dev opencv-data \
 	libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev \
-	ffmpeg mkvtoolnix chromium chromium-driver openssl \
+	ffmpeg mkvtoolnix chromium chromium-driver openssl nginx \
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
 # Only `make bench` needs these: Icecast, the fan-out bench's yardstick.
 BENCH_PACKAGES := icecast2
@@ -38,6 +39,15 @@ apt:
 	if [ -n "$$missing" ]; then
 		echo "installing: $$missing"
 		$(SUDO) apt-get update -q
+		# Tests start their own nginx (and Icecast) on loopback ports; installing the package
+		# would also start a system one on port 80 (and the install fails if that start does).
+		# Debian's policy-rc.d (exit 101: "forbidden") holds service starts off for this install
+		# alone; a machine that has its own policy keeps it.
+		if [ ! -e /usr/sbin/policy-rc.d ]; then
+			printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null
+			$(SUDO) chmod 755 /usr/sbin/policy-rc.d
+			trap '$(SUDO) rm -f /usr/sbin/policy-rc.d' EXIT
+		fi
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing
 	fi
 	# Node.js may come from elsewhere than Debian (its nodejs then conflicts with Debian's npm):

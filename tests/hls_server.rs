@@ -402,7 +402,8 @@ async fn low_latency_hls_blocking_reloads_and_hinted_parts() {
         let query = format!("?_HLS_msn={msn}&_HLS_part={part}");
         let (code, head, after, waited) = playlist_text(addr, &query).await;
         assert_eq!(code, 200, "{query}: {after}");
-        assert!(head.contains("cache-control: no-cache"), "{head}");
+        // Any cache may share it (one origin answer for every player waiting for the part).
+        assert!(head.contains("cache-control: public, max-age=1"), "{head}");
         let next = format!("part-{msn}.{part}.ts");
         let ended = format!("\nseg-{msn}.ts\n");
         assert!(

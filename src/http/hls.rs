@@ -18,7 +18,11 @@
 //!
 //! Caching: the playlist changes with every part, so it is `no-cache` (a CDN revalidates it
 //! each time); a segment or part never changes once its name exists, so it is `immutable` for
-//! a year and a CDN or nginx in front can serve it to every viewer after the first.
+//! a year and a CDN or nginx in front can serve it to every viewer after the first. A blocking
+//! reload's answer is `public` for one target duration: any playlist that lists the part it
+//! asked for is a right answer to that URL, so a cache can give one origin answer to every
+//! player waiting for that part (by the next segment they have all moved on). So is the 404
+//! for a hinted part that its segment ended without: it will never exist.
 
 use std::path::Path;
 use std::time::Duration;
@@ -156,12 +160,26 @@ pub async fn respond(mirror: &HlsMirror, name: &str, query: &str) -> warp::reply
                 if let Err(refusal) = wait_for_playlist(mirror, reload).await {
                     return refusal;
                 }
+                let answer = response(mirror.dir(), name);
+                if answer.status() != StatusCode::OK {
+                    return answer;
+                }
+                return shared_for(answer, mirror.target_duration());
             }
             Err(error) => return bad_request(&error),
         },
         Some(FileKind::Part { msn, index }) => {
-            if !mirror.dir().join(name).is_file() {
+            let path = mirror.dir().join(name);
+            if !path.is_file() {
                 wait_for_part(mirror, msn, index).await;
+                // Its segment has ended and it is not there: it will never be (a hint names
+                // the next part before the mirror knows the segment ends there). Unlike "not
+                // yet", that 404 is final, and a cache may give it to every player that
+                // followed the same hint instead of asking the origin for each.
+                let ended = mirror.progress().borrow().msn > msn;
+                if ended && !path.is_file() {
+                    return shared_for(not_found(), mirror.target_duration());
+                }
             }
         }
         Some(FileKind::Segment) | None => {}
@@ -252,6 +270,16 @@ pub fn response(dir: &Path, name: &str) -> warp::reply::Response {
         .body(Bytes::from(bytes))
         .expect("static headers are valid");
     warp::Reply::into_response(response)
+}
+
+/// Marks an answer that stays right as cacheable by anyone for `max_age` (at least a second,
+/// the smallest `max-age`).
+fn shared_for(mut response: warp::reply::Response, max_age: Duration) -> warp::reply::Response {
+    let value = format!("public, max-age={}", max_age.as_secs().max(1));
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, value.parse().expect("a valid header value"));
+    response
 }
 
 fn not_found() -> warp::reply::Response {
@@ -470,6 +498,8 @@ mod tests {
             segment.headers()[CACHE_CONTROL],
             "public, max-age=31536000, immutable"
         );
+        let reload = shared_for(playlist, Duration::from_secs(2));
+        assert_eq!(reload.headers()[CACHE_CONTROL], "public, max-age=2");
         let missing = response(dir.path(), "seg-1.ts");
         assert_eq!(missing.status(), StatusCode::NOT_FOUND);
         assert_eq!(missing.headers()[CACHE_CONTROL], "no-store");
