@@ -388,12 +388,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Bound first: a taken port or a bad name fails before any encoder starts.
     let listener = http::bind(&args.listen).await?;
     let tls = config.tls.is_some();
+    let relay_name = config.relay.as_ref().map(|r| r.name());
     let server = Server::new(config).context("starting the server")?;
     let addr: SocketAddr = listener.local_addr().context("reading the bound address")?;
     let scheme = if tls { "https" } else { "http" };
     let base = format!("{scheme}://{addr}");
     let mode = match (&args.relay, args.passthrough) {
-        (Some(origin), _) => format!("edge of {origin}"),
+        // Not the URL itself: scripts take the first http:// URL printed for this server's.
+        (Some(_), _) => format!("edge of {}", relay_name.as_deref().unwrap_or("the origin")),
         (None, true) => "passthrough".to_string(),
         (None, false) => "annotating faces".to_string(),
     };

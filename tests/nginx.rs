@@ -146,6 +146,22 @@ fn spawn_lenscast(extra: &[&str]) -> (KillOnDrop, SocketAddr) {
     (KillOnDrop(child), addr)
 }
 
+/// A real edge of `origin` (`--relay`): it pulls the origin's stream and proxies its HLS.
+fn spawn_edge(origin: SocketAddr) -> (KillOnDrop, SocketAddr) {
+    let relay = format!("http://{origin}");
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--relay",
+        relay.as_str(),
+    ];
+    let (child, url) = spawn_binary(&args, Stdio::null());
+    let child = KillOnDrop(child);
+    let addr = url.trim_start_matches("http://").parse().unwrap();
+    (child, addr)
+}
+
 /// Scrapes `/metrics` from lenscast itself (not through nginx).
 async fn metrics(addr: SocketAddr) -> Scrape {
     let (code, head, body) = http_get(addr, "/metrics", Duration::from_secs(2)).await;
@@ -187,7 +203,8 @@ async fn wait_for_viewer(addr: SocketAddr, transport: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_play_through_nginx_spread_by_least_conn() {
-    // Two lenscast servers stand for the origin and an edge: each plays the demo itself.
+    // Two servers, each playing the demo itself, stand for two upstreams (the edge's own
+    // relay connection to the origin would count on the origin's side, not nginx's).
     let (_origin, origin) = spawn_lenscast(&[]);
     let (_edge, edge) = spawn_lenscast(&["--no-hls"]);
     let nginx = start_nginx(origin, edge).await;
@@ -342,7 +359,7 @@ async fn player(nginx: SocketAddr, until: Instant, fetched: Fetched, playlists: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_hls_players_cost_one_origin_request_per_file() {
     let (_origin, origin) = spawn_lenscast(&[]);
-    let (_edge, edge) = spawn_lenscast(&["--no-hls"]);
+    let (_edge, edge) = spawn_edge(origin);
     let nginx = start_nginx(origin, edge).await;
 
     // Straight to the origin until the mirror has a few segments listed.
