@@ -216,28 +216,31 @@ impl Metrics {
             .set(f64::from(u8::from(source.presenter)));
 
         if let Some(pipeline) = snapshot.pipeline {
-            self.counter("lenscast_frames_in_total", &[])
-                .absolute(pipeline.frames_in);
-            self.counter("lenscast_frames_out_total", &[])
-                .absolute(pipeline.frames_out);
-            self.counter("lenscast_frames_dropped_total", &[])
-                .absolute(pipeline.frames_dropped);
-            self.counter("lenscast_decode_errors_total", &[])
-                .absolute(pipeline.decode_errors);
-            self.counter("lenscast_faces_total", &[])
-                .absolute(pipeline.faces_total);
+            for (name, value) in [
+                ("lenscast_frames_in_total", pipeline.frames_in),
+                ("lenscast_frames_out_total", pipeline.frames_out),
+                ("lenscast_frames_dropped_total", pipeline.frames_dropped),
+                ("lenscast_decode_errors_total", pipeline.decode_errors),
+                ("lenscast_faces_total", pipeline.faces_total),
+            ] {
+                self.counter(name, &[]).absolute(value);
+            }
         }
         if let Some(hls) = snapshot.hls {
-            self.counter("lenscast_hls_segments_total", &[])
-                .absolute(hls.latest_sequence.map_or(0, |s| s + 1));
+            for (name, value) in [
+                (
+                    "lenscast_hls_segments_total",
+                    hls.latest_sequence.map_or(0, |s| s + 1),
+                ),
+                ("lenscast_hls_frames_encoded_total", hls.frames_encoded),
+                ("lenscast_hls_frames_dropped_total", hls.frames_dropped),
+            ] {
+                self.counter(name, &[]).absolute(value);
+            }
             self.gauge("lenscast_hls_segments_listed", &[])
                 .set(hls.segments as f64);
             self.gauge("lenscast_hls_segments_on_disk", &[])
                 .set(hls.segments_on_disk as f64);
-            self.counter("lenscast_hls_frames_encoded_total", &[])
-                .absolute(hls.frames_encoded);
-            self.counter("lenscast_hls_frames_dropped_total", &[])
-                .absolute(hls.frames_dropped);
         }
         if let Some(relay) = snapshot.relay {
             self.gauge("lenscast_relay_connected", &[])

@@ -108,7 +108,11 @@ impl RelayConfig {
     /// The stream's path on the origin.
     fn stream_path(&self) -> String {
         match &self.token {
-            Some(token) => format!("{}/relay.webm?token={}", self.prefix, percent_encode(token)),
+            Some(token) => format!(
+                "{}/relay.webm?token={}",
+                self.prefix,
+                percent_encoding::utf8_percent_encode(token, percent_encoding::NON_ALPHANUMERIC)
+            ),
             None => format!("{}/live.webm", self.prefix),
         }
     }
@@ -371,18 +375,6 @@ fn bad_gateway(text: &str) -> warp::reply::Response {
         "no-store".parse().expect("valid"),
     );
     response
-}
-
-/// Percent-encodes a token for a query string (anything but unreserved characters).
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]
