@@ -188,8 +188,17 @@ export const HLS_JS_CONFIG = Object.freeze({
   // about 1 s) behind the newest part, which the server sizes to its parts.
   lowLatencyMode: true,
   maxLiveSyncPlaybackRate: 1.2, // play up to 20 % faster to get back to that after a stall
+  // hls.js adds 1 s to its target latency on every stall (up to one segment) and never takes it
+  // back: one stall on a busy machine and the player sits 2 s behind for good. Add one part
+  // instead, and see HLS_STALL_FORGIVE_MS for taking it back.
+  liveSyncOnStallIncrease: 0.2,
   backBufferLength: 10, // seconds of played media kept, so the buffer never fills up
 });
+/**
+ * After this long playing without a stall, the player goes back to the playlist's hold-back
+ * (hls.js then plays up to maxLiveSyncPlaybackRate until it is there again).
+ */
+export const HLS_STALL_FORGIVE_MS = 10000;
 /** First wait before the HLS player retries; doubles on every failure... */
 export const HLS_RETRY_MIN_MS = 1000;
 /** ...up to this. */

@@ -11,6 +11,7 @@ import {
   HLS_PLAYLIST,
   HLS_RETRY_MAX_MS,
   HLS_RETRY_MIN_MS,
+  HLS_STALL_FORGIVE_MS,
   CLOCK_SYNC_EVERY_MS,
   STATUS_PATH,
   TICK_MS,
@@ -59,6 +60,7 @@ export function playHls(video, onChange = () => {}) {
   let retryMs = HLS_RETRY_MIN_MS;
   let lastMediaRecovery = 0;
   let lastTime = null;
+  let lastStall = null; // when hls.js last ran dry and raised its target latency
 
   function tryPlay() {
     video.play().then(
@@ -87,6 +89,7 @@ export function playHls(video, onChange = () => {}) {
     hls = instance;
     instance.on(Hls.Events.MANIFEST_PARSED, tryPlay);
     instance.on(Hls.Events.ERROR, (_event, data) => {
+      if (data.details === Hls.ErrorDetails.BUFFER_STALLED_ERROR) lastStall = Date.now();
       if (!data.fatal || hls !== instance) return; // hls.js retries non-fatal errors itself
       const why = `${data.type} ${data.details}`;
       const now = Date.now();
@@ -158,7 +161,17 @@ export function playHls(video, onChange = () => {}) {
     return shown === null ? null : Math.max(0, (Date.now() - shown) / 1000);
   }
 
+  /** After a calm spell, undoes the target latency that hls.js added for past stalls. */
+  function forgiveStalls() {
+    if (!hls || lastStall === null || video.paused || Date.now() - lastStall < HLS_STALL_FORGIVE_MS) return;
+    const holdBack = hls.latestLevelDetails?.partHoldBack;
+    // Setting the target resets hls.js's stall count; it then catches up by playing faster.
+    if (holdBack) hls.targetLatency = holdBack;
+    lastStall = null;
+  }
+
   function measure() {
+    forgiveStalls();
     const t = video.currentTime;
     const seekable = video.seekable;
     if (hls) state.edgeLatency = hls.latency || null;

@@ -37,7 +37,8 @@ export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
  * Starts `lenscast serve --passthrough --input <fixture>` on 127.0.0.1:0 and resolves once it
- * prints its viewer URL. `stop()` ends it; `log()` is its output so far, for failure messages.
+ * prints its viewer URL. `stop()` ends it; `log()` is its output so far, for failure messages;
+ * `pid` is its process (to freeze it with SIGSTOP, say).
  */
 export async function startServer(fixture, options = {}) {
   const input = path.resolve(REPO_ROOT, 'fixtures', fixture);
@@ -90,7 +91,7 @@ export async function startLenscast(args, { timeoutMs = 15000 } = {}) {
         reject(err);
       });
     });
-    return { url, stop, log };
+    return { url, stop, log, pid: child.pid };
   } catch (err) {
     await stop();
     err.message += `\n--- server output ---\n${log()}`;

@@ -56,7 +56,7 @@ async function listen(page, seconds) {
   }, seconds);
 }
 
-test('hls.html: the source\'s Opus plays as audio (an analyser hears the 440 Hz sine)', { timeout: 90000 }, async () => {
+test('hls.html: the source\'s Opus plays as audio (an analyser hears the 440 Hz sine)', { timeout: 120000 }, async () => {
   const input = path.resolve(REPO_ROOT, 'fixtures/face-opus.webm');
   await withServerAndBrowser(
     () => startLenscast(['--input', input]),
@@ -77,15 +77,26 @@ test('hls.html: the source\'s Opus plays as audio (an analyser hears the 440 Hz 
 
       // Audio must not cost the low-latency playback: pictures wait for the audio of their
       // time before they are muxed, so measure how far behind live the player stays.
+      // Over 30 s, as the issue measures it; stalls are counted to tell a busy machine apart.
+      await page.evaluate(() => {
+        window.__stalls = 0;
+        document.getElementById('video').addEventListener('waiting', () => window.__stalls++);
+      });
       const behind = [];
-      for (let look = 0; look < 20; look++) {
+      for (let look = 0; look < 60; look++) {
         await sleep(500);
         const hls = await page.evaluate(() => window.lenscastHls);
         if (hls.state === 'playing' && hls.behindLive !== null) behind.push(hls.behindLive);
       }
-      const p50 = percentile([...behind].sort((a, b) => a - b), 50);
-      console.log(`hls.js with audio: behind live p50=${p50?.toFixed(2)} s over ${behind.length} samples`);
-      assert.ok(behind.length >= 10, `only ${behind.length} samples while playing`);
+      const stalls = await page.evaluate(() => window.__stalls);
+      const behindSorted = [...behind].sort((a, b) => a - b);
+      const p50 = percentile(behindSorted, 50);
+      const p90 = percentile(behindSorted, 90);
+      console.log(
+        `hls.js with audio: behind live p50=${p50?.toFixed(2)} s p90=${p90?.toFixed(2)} s ` +
+          `over ${behind.length} samples; stalls ${stalls}`,
+      );
+      assert.ok(behind.length >= 40, `only ${behind.length} samples while playing`);
       assert.ok(p50 <= 1.5, `behind live p50 ${p50} s with audio\n${await describe(page)}`);
     },
   );

@@ -27,6 +27,8 @@ const LATENCY_SAMPLE_MS = 500;
 const LATENCY_TARGET_S = 1.2; // the goal with LL-HLS parts (PART-HOLD-BACK ≈ 1 s): reported
 const LOW_LATENCY_LIMIT_S = 1.5; // asserted on the p50 behind live (issue 11)
 const LATENCY_LIMIT_S = 10; // asserted by the other tests: further behind is broken, not slow
+const STALL_MS = 2500; // how long the stall test freezes the server: longer than the buffer
+const RECOVERY_MS = 20000; // ...and how long it then gives the player to get back
 const PLAYLIST_WINDOW = 6; // segments the server lists (HlsConfig's default window)
 // Joining takes a first playlist (about a second after the server starts), hls.js and segments.
 const START_TIMEOUT_MS = 30000;
@@ -209,6 +211,42 @@ test('hls.js: how far behind live it plays with LL-HLS parts', { timeout: 150000
     // Most of the window playing (a sample every 0.5 s), and at the issue's limit.
     assert.ok(sorted.length >= 40, `only ${sorted.length} samples while playing\n${await describe(page)}`);
     assert.ok(p50 <= LOW_LATENCY_LIMIT_S, `behind live p50 ${p50} s\n${await describe(page)}`);
+  });
+});
+
+test('hls.js: after a stall it gets back to low latency', { timeout: 150000 }, async () => {
+  // hls.js on its own adds a second to its target latency on every stall and keeps it for
+  // good: one hiccup of a busy server and every viewer sits 2 s behind from then on. Freeze
+  // the server (SIGSTOP) long enough for the player to run dry, then see where it settles.
+  await withAnnotatingServer(async (server, context) => {
+    await waitForFullPlaylist(server);
+    const page = await openViewer(context, `${server.url}hls.html`);
+    await waitForPlayback(page, 1, START_TIMEOUT_MS);
+    await page.evaluate(() => {
+      window.__stalls = 0;
+      document.getElementById('video').addEventListener('waiting', () => window.__stalls++);
+    });
+    await sleep(3000);
+    process.kill(server.pid, 'SIGSTOP');
+    try {
+      await sleep(STALL_MS);
+    } finally {
+      process.kill(server.pid, 'SIGCONT');
+    }
+    const stalls = await page.evaluate(() => window.__stalls);
+    // Forgiving the stall (HLS_STALL_FORGIVE_MS, 10 s) and catching up at up to 1.2x.
+    await sleep(RECOVERY_MS);
+    const behind = [];
+    for (let waited = 0; waited < 10000; waited += LATENCY_SAMPLE_MS) {
+      await sleep(LATENCY_SAMPLE_MS);
+      const hls = await page.evaluate(() => window.lenscastHls);
+      if (hls.state === 'playing' && hls.behindLive !== null) behind.push(hls.behindLive);
+    }
+    const p50 = percentile([...behind].sort((a, b) => a - b), 50);
+    console.log(`after a ${STALL_MS} ms freeze (${stalls} stalls): behind live p50=${p50?.toFixed(2)} s`);
+    assert.ok(stalls >= 1, `the freeze did not stall the player\n${await describe(page)}`);
+    assert.ok(behind.length >= 15, `only ${behind.length} samples while playing\n${await describe(page)}`);
+    assert.ok(p50 <= LOW_LATENCY_LIMIT_S, `behind live p50 ${p50} s after the stall\n${await describe(page)}`);
   });
 });
 
