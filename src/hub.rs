@@ -26,6 +26,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::audience::Audience;
+use crate::clock::MediaTime;
 use crate::latency::Stamp;
 use crate::webm::{InitSegment, Output, StreamInfo};
 
@@ -169,6 +170,9 @@ pub struct HubStatus {
     pub join_cache_bytes: usize,
     /// Bytes held in the ring for viewers that are behind.
     pub buffered_bytes: usize,
+    /// The newest media time published, on the stream's own timeline (what its blocks say),
+    /// ms. An edge compares it with the newest it received to know how far behind it is.
+    pub media_end_ms: Option<f64>,
 }
 
 #[derive(Debug, Default)]
@@ -267,6 +271,8 @@ struct State {
     init: Option<Arc<InitSegment>>,
     join: JoinCache,
     ring: Ring,
+    /// The newest media time published (see [`HubStatus::media_end_ms`]).
+    media_end: Option<MediaTime>,
 }
 
 /// What viewers wait on: where the ring ends, and whether the hub is closed.
@@ -318,6 +324,7 @@ impl Hub {
                     init: None,
                     join: JoinCache::default(),
                     ring: Ring::default(),
+                    media_end: None,
                 }),
                 limits,
                 head: watch::channel(Head::default()).0,
@@ -339,15 +346,23 @@ impl Hub {
 
     /// Sends finished chunks to every viewer (and into the join cache), in order.
     pub fn publish(&self, outputs: impl IntoIterator<Item = Output>) {
-        self.publish_stamped(outputs, None);
+        self.publish_media(outputs, None, None);
     }
 
-    /// As [`Hub::publish`], with `stamp` (when the media was captured) on any Cluster start.
-    pub fn publish_stamped(&self, outputs: impl IntoIterator<Item = Output>, stamp: Option<Stamp>) {
+    /// As [`Hub::publish`], for media: `newest` is the latest media time in `outputs` (on
+    /// the stream's timeline), and `stamp` (when the media was captured) goes on any Cluster
+    /// start.
+    pub fn publish_media(
+        &self,
+        outputs: impl IntoIterator<Item = Output>,
+        newest: Option<MediaTime>,
+        stamp: Option<Stamp>,
+    ) {
         let stamp = stamp.map(Arc::new);
         let limits = self.shared.limits;
         let mut state = self.lock();
         let before = state.ring.end();
+        state.media_end = state.media_end.max(newest);
         for output in outputs {
             let Some(mut chunk) = Chunk::from_output(output, state.init.as_ref()) else {
                 continue;
@@ -470,12 +485,13 @@ impl Hub {
 
     /// A snapshot for `/api/status`.
     pub fn status(&self) -> HubStatus {
-        let (stream, join_cache_bytes, buffered_bytes) = {
+        let (stream, join_cache_bytes, buffered_bytes, media_end) = {
             let state = self.lock();
             (
                 state.init.as_ref().map(|i| i.info.clone()),
                 state.join.bytes,
                 state.ring.bytes,
+                state.media_end,
             )
         };
         let c = &self.shared.counters;
@@ -491,6 +507,7 @@ impl Hub {
             bytes_in: c.bytes_in.load(Ordering::Relaxed),
             join_cache_bytes,
             buffered_bytes,
+            media_end_ms: media_end.map(|t| t.as_nanos() as f64 / 1e6),
         }
     }
 }
@@ -688,6 +705,20 @@ mod tests {
         let got = ready(&mut stalled);
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].bytes[0], 51, "resumed at the keyframe Cluster");
+    }
+
+    #[test]
+    fn the_status_says_the_newest_media_time_published() {
+        let hub = Hub::default();
+        hub.publish([init()]);
+        assert_eq!(hub.status().media_end_ms, None, "no media yet");
+        let ms = MediaTime::from_millis;
+        hub.publish_media([cluster(1, 10, true)], Some(ms(2000)), None);
+        // Audio and video are published apart and may come a little out of order.
+        hub.publish_media([cluster(2, 10, false)], Some(ms(1980)), None);
+        assert_eq!(hub.status().media_end_ms, Some(2000.0));
+        hub.publish_media([cluster(3, 10, false)], Some(ms(2033)), None);
+        assert_eq!(hub.status().media_end_ms, Some(2033.0));
     }
 
     #[tokio::test]

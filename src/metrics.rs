@@ -252,6 +252,9 @@ impl Metrics {
             // NaN while disconnected: no data is arriving to be late.
             self.gauge("lenscast_relay_data_age_seconds", &[])
                 .set(relay.last_data_age_s.unwrap_or(f64::NAN));
+            // NaN while unknown: disconnected, or the origin does not say how far it is.
+            self.gauge("lenscast_relay_lag_seconds", &[])
+                .set(relay.lag_s.unwrap_or(f64::NAN));
         }
         self.inner.handle.render()
     }
@@ -286,18 +289,9 @@ impl Metrics {
 
 /// The HELP line of each metric.
 const HELP: &[(&str, &str)] = &[
-    (
-        "lenscast_viewers",
-        "Viewers connected now, by transport.",
-    ),
-    (
-        "lenscast_viewer_joins_total",
-        "Viewers that have joined.",
-    ),
-    (
-        "lenscast_viewer_leaves_total",
-        "Viewers that have left.",
-    ),
+    ("lenscast_viewers", "Viewers connected now, by transport."),
+    ("lenscast_viewer_joins_total", "Viewers that have joined."),
+    ("lenscast_viewer_leaves_total", "Viewers that have left."),
     (
         "lenscast_sent_bytes_total",
         "Stream bytes written to viewers.",
@@ -334,10 +328,7 @@ const HELP: &[(&str, &str)] = &[
         "lenscast_frames_in_total",
         "Frames decoded from the source.",
     ),
-    (
-        "lenscast_frames_out_total",
-        "Frames encoded for viewers.",
-    ),
+    ("lenscast_frames_out_total", "Frames encoded for viewers."),
     (
         "lenscast_frames_dropped_total",
         "Frames dropped because they arrived too late to keep up.",
@@ -400,7 +391,11 @@ const HELP: &[(&str, &str)] = &[
     ),
     (
         "lenscast_relay_data_age_seconds",
-        "Edge mode: seconds since the origin last sent anything (how far behind it the edge may be).",
+        "Edge mode: seconds since the origin last sent anything.",
+    ),
+    (
+        "lenscast_relay_lag_seconds",
+        "Edge mode: how far the media received is behind the newest the origin has published, s.",
     ),
 ];
 

@@ -503,7 +503,7 @@ impl Worker {
                     if let Some((_, _, Some(encoding))) = self.output.as_mut() {
                         let mut out = Vec::new();
                         encoding.writer.audio(time, block.frame(), &mut out);
-                        self.hub.publish(out);
+                        self.hub.publish_media(out, Some(time), None);
                     }
                 }
             }
@@ -612,10 +612,12 @@ impl Worker {
         let mut out = Vec::new();
         let writer = &mut encoding.writer;
         let mut first_at = None;
+        let mut last_at = None;
         let encoded = encoding
             .encoder
             .encode(&mut picture, time, |at, keyframe, bytes| {
                 first_at.get_or_insert(at);
+                last_at = Some(at);
                 writer.video(at, keyframe, bytes, &mut out);
             });
         if let Err(error) = encoded {
@@ -631,7 +633,7 @@ impl Worker {
         let stamp = first_at
             .filter(|_| starts_cluster)
             .map(|at| Stamp::new(at, when.at(at).capture));
-        self.hub.publish_stamped(out, stamp);
+        self.hub.publish_media(out, last_at, stamp);
         self.config
             .stages
             .arrival_to_broadcast

@@ -33,6 +33,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use warp::http::{Request, Response, Uri};
 
+use crate::clock::MediaTime;
 use crate::source::Slot;
 use crate::source::{Feeder, IngestError, SourceKind};
 
@@ -50,6 +51,10 @@ const MAX_PROXIED_BODY: usize = 32 * 1024 * 1024;
 /// a blocking playlist reload for up to three target durations (3 s with 1 s segments, more
 /// with longer ones) before it answers at all.
 const PROXY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often an edge asks the origin how far its stream has got, to know its lag behind it.
+const LAG_POLL: Duration = Duration::from_secs(1);
+/// The most an origin's `/api/status` may hold.
+const MAX_STATUS_BODY: usize = 1024 * 1024;
 
 /// Why relaying failed (each attempt; the relay itself never gives up).
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +78,8 @@ pub enum RelayError {
     },
     #[error("the origin's response is over {MAX_PROXIED_BODY} bytes")]
     TooLarge,
+    #[error("the origin's /api/status has no media_end_ms (not a lenscast, or no media yet)")]
+    NoMediaEnd,
     #[error(transparent)]
     Ingest(#[from] IngestError),
 }
@@ -134,6 +141,10 @@ pub struct RelayStatus {
     pub received_bytes: u64,
     /// How long ago the origin last sent anything, s (while connected).
     pub last_data_age_s: Option<f64>,
+    /// How far the media received is behind the newest the origin has published, s: the
+    /// origin's `media_end_ms` (asked every second) less the newest block time received.
+    /// Known while connected to a lenscast origin that has media.
+    pub lag_s: Option<f64>,
     /// The latest failure, if any.
     pub last_error: Option<String>,
 }
@@ -145,8 +156,20 @@ pub struct Relay {
     connected: AtomicBool,
     connections: AtomicU64,
     received: AtomicU64,
-    /// When the last bytes came, and the last error: a std lock, held only to copy.
-    last: Mutex<(Option<Instant>, Option<String>)>,
+    /// A std lock, held only to copy.
+    progress: Mutex<Progress>,
+}
+
+/// How the pulling goes, for [`RelayStatus`].
+#[derive(Debug, Default)]
+struct Progress {
+    /// When the last bytes came.
+    last_data: Option<Instant>,
+    last_error: Option<String>,
+    /// The newest block time received on this connection (the origin's timeline).
+    received: Option<MediaTime>,
+    /// See [`RelayStatus::lag_s`].
+    lag: Option<Duration>,
 }
 
 impl Relay {
@@ -156,7 +179,7 @@ impl Relay {
             connected: AtomicBool::new(false),
             connections: AtomicU64::new(0),
             received: AtomicU64::new(0),
-            last: Mutex::new((None, None)),
+            progress: Mutex::new(Progress::default()),
         }
     }
 
@@ -164,26 +187,90 @@ impl Relay {
         &self.config
     }
 
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        // A panic while holding it leaves only figures behind.
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn status(&self) -> RelayStatus {
-        let (last_data, last_error) = self.last.lock().expect("relay lock").clone();
         let connected = self.connected.load(Ordering::Relaxed);
+        let progress = self.progress();
         RelayStatus {
             origin: self.config.name(),
             connected,
             reconnects: self.connections.load(Ordering::Relaxed).saturating_sub(1),
             received_bytes: self.received.load(Ordering::Relaxed),
-            last_data_age_s: last_data
+            last_data_age_s: progress
+                .last_data
                 .filter(|_| connected)
                 .map(|at| at.elapsed().as_secs_f64()),
-            last_error,
+            lag_s: progress
+                .lag
+                .filter(|_| connected)
+                .map(|lag| lag.as_secs_f64()),
+            last_error: progress.last_error.clone(),
         }
+    }
+
+    /// Pulls the origin's stream into `slot` until the slot closes (shutdown), and keeps
+    /// track of how far behind the origin it is.
+    pub async fn run(self: Arc<Self>, slot: Slot) {
+        tokio::select! {
+            () = self.pull(slot) => {}
+            () = self.watch_lag() => {}
+        }
+    }
+
+    /// Every [`LAG_POLL`] while connected, asks the origin for the newest media time it has
+    /// published and compares it with the newest received. The stream's own timestamps can
+    /// not tell this alone: the origin's timeline pauses while it has no source, so media
+    /// time falling behind the wall clock is not lag.
+    async fn watch_lag(&self) {
+        let path = format!("{}/api/status", self.config.prefix);
+        let mut failing = false;
+        loop {
+            tokio::time::sleep(LAG_POLL).await;
+            if !self.connected.load(Ordering::Relaxed) {
+                self.progress().lag = None;
+                continue;
+            }
+            let lag = self.origin_media_end(&path).await.map(|origin_end| {
+                let received = self.progress().received.unwrap_or(MediaTime::ZERO);
+                (origin_end - received).max(MediaTime::ZERO).to_duration()
+            });
+            match &lag {
+                Err(error) if !failing => {
+                    tracing::debug!(%error, "relay cannot tell its lag behind the origin")
+                }
+                _ => {}
+            }
+            failing = lag.is_err();
+            self.progress().lag = lag.ok();
+        }
+    }
+
+    /// The origin's `media_end_ms`.
+    async fn origin_media_end(&self, path: &str) -> Result<MediaTime, RelayError> {
+        let response = self.get(path).await?;
+        let body = http_body_util::Limited::new(response.into_body(), MAX_STATUS_BODY)
+            .collect()
+            .await
+            .map_err(|_| RelayError::TooLarge)?
+            .to_bytes();
+        let status: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|_| RelayError::NoMediaEnd)?;
+        let ms = status["media_end_ms"]
+            .as_f64()
+            .filter(|ms| ms.is_finite() && *ms >= 0.0)
+            .ok_or(RelayError::NoMediaEnd)?;
+        Ok(MediaTime::from_nanos((ms * 1e6) as i64))
     }
 
     /// Pulls the origin's stream into `slot` until the slot closes (shutdown): connects,
     /// feeds, and on any failure ends the source (viewers stay) and tries again with backoff.
     /// The slot is claimed only once the origin answers, so an outage is one "origin lost"
     /// for the viewers and the log, not one per attempt.
-    pub async fn run(self: Arc<Self>, slot: Slot) {
+    async fn pull(&self, slot: Slot) {
         let name = self.config.name();
         let path = self.config.stream_path();
         let mut backoff = MIN_BACKOFF;
@@ -203,7 +290,7 @@ impl Relay {
                     } else {
                         tracing::debug!(origin = %name, %reason, "relay retry failed");
                     }
-                    self.last.lock().expect("relay lock").1 = Some(reason);
+                    self.progress().last_error = Some(reason);
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
                         () = slot.closed() => return,
@@ -233,6 +320,7 @@ impl Relay {
                 ),
                 None => tracing::info!(origin = %name, reconnect = count > 0, "relay connected"),
             }
+            self.progress().received = None;
             self.connected.store(true, Ordering::Relaxed);
             backoff = MIN_BACKOFF;
             let mut feeder = Feeder::new(guard, None, false);
@@ -251,7 +339,7 @@ impl Relay {
             };
             tracing::warn!(origin = %name, %reason, "relay lost the origin; reconnecting");
             outage = Some(Instant::now());
-            self.last.lock().expect("relay lock").1 = Some(reason.clone());
+            self.progress().last_error = Some(reason.clone());
             feeder.end(&format!("origin lost: {reason}")).await;
         }
     }
@@ -269,8 +357,12 @@ impl Relay {
             };
             self.received
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
-            self.last.lock().expect("relay lock").0 = Some(Instant::now());
+            self.progress().last_data = Some(Instant::now());
             feeder.feed(&data).await?;
+            if let Some(latest) = feeder.latest_media() {
+                let mut progress = self.progress();
+                progress.received = progress.received.max(Some(latest));
+            }
         }
     }
 

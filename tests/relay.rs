@@ -75,6 +75,19 @@ fn video_frames(bytes: &[u8]) -> Vec<u64> {
     frames
 }
 
+/// The time of the last block in a captured stream, ms.
+fn last_block_ms(bytes: &[u8]) -> f64 {
+    let mut reader = StreamReader::new();
+    reader.push(bytes);
+    let mut last = 0;
+    while let Ok(Some(event)) = reader.next_event() {
+        if let Event::Block(block) = event {
+            last = last.max(block.time.as_nanos());
+        }
+    }
+    last as f64 / 1e6
+}
+
 async fn wait_for_relay(addr: SocketAddr, connected: bool) -> serde_json::Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
@@ -112,6 +125,11 @@ async fn edges_and_an_edge_of_an_edge_lose_nothing_the_origin_sends() {
     for viewer in viewers {
         received.push(viewer.await.unwrap());
     }
+    // Where each server's media ends now, just after its viewer stopped capturing.
+    let mut media_ends = Vec::new();
+    for addr in [origin.addr, edge_a.addr, edge_b.addr, edge_of_edge.addr] {
+        media_ends.push(status(addr).await["media_end_ms"].as_f64());
+    }
     let labels = ["origin", "edge a", "edge b", "edge of edge a"];
     for (label, got) in labels.iter().zip(&received) {
         assert!(!got.closed, "{label}'s viewer was disconnected");
@@ -144,10 +162,130 @@ async fn edges_and_an_edge_of_an_edge_lose_nothing_the_origin_sends() {
         );
     }
 
+    // Each server's media_end_ms is on the timeline its viewers get: just after the last
+    // block its viewer received.
+    for (label, (end, got)) in labels.iter().zip(media_ends.into_iter().zip(&received)) {
+        let end = end.unwrap_or_else(|| panic!("{label} has no media_end_ms"));
+        let last = last_block_ms(&got.bytes);
+        assert!(
+            end >= last && end - last < 3000.0,
+            "{label}: media_end_ms {end}, its viewer's last block at {last} ms"
+        );
+    }
+    // Each edge knows how far behind the server it pulls from it is: a fraction of a second
+    // on loopback (a frame or two, and what the poll's round trip adds).
+    for (label, edge) in labels[1..].iter().zip([&edge_a, &edge_b, &edge_of_edge]) {
+        let lag = wait_for_lag(edge.addr, |lag| lag < 0.5).await;
+        println!("{label}: {lag:.3} s behind");
+    }
+
     for edge in [edge_of_edge, edge_a, edge_b] {
         edge.shut_down().await;
     }
     origin.shut_down().await;
+}
+
+/// Waits (up to 15 s) until the edge's `relay.lag_s` meets `ok`, and returns it; also checks
+/// that `/metrics` says the same.
+async fn wait_for_lag(addr: SocketAddr, ok: impl Fn(f64) -> bool) -> f64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let relay = status(addr).await["relay"].clone();
+        if let Some(lag) = relay["lag_s"].as_f64().filter(|lag| ok(*lag)) {
+            let (_, _, metrics) = http_get(addr, "/metrics", Duration::from_secs(2)).await;
+            let metrics = String::from_utf8(metrics).unwrap();
+            let line = metrics
+                .lines()
+                .find(|l| l.starts_with("lenscast_relay_lag_seconds "))
+                .unwrap_or_else(|| panic!("no lag in /metrics:\n{metrics}"));
+            let value: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+            assert!(
+                value.is_finite() && value >= 0.0 && (value - lag).abs() < 2.0,
+                "/metrics says {line}, /api/status {lag}"
+            );
+            return lag;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay's lag never came right: {relay}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A stand-in origin on loopback: `/live.webm` sends `stream` at once and then holds the
+/// connection open; `/api/status` says its media ends at `media_end_ms`.
+async fn fake_origin(
+    stream: Vec<u8>,
+    media_end_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> SocketAddr {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stream = std::sync::Arc::new(stream);
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let stream = stream.clone();
+            let media_end_ms = media_end_ms.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head);
+                if head.starts_with("GET /live.webm ") {
+                    let chunk = format!("HTTP/1.1 200 OK\r\ncontent-type: video/webm\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n", stream.len());
+                    socket.write_all(chunk.as_bytes()).await.unwrap();
+                    socket.write_all(&stream).await.unwrap();
+                    socket.write_all(b"\r\n").await.unwrap();
+                    // More is coming, as from a live origin: hold the stream open.
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                } else if head.starts_with("GET /api/status ") {
+                    let body = serde_json::json!({
+                        "media_end_ms": media_end_ms.load(Ordering::Relaxed) as f64,
+                    })
+                    .to_string();
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                } else {
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_behind_the_origin_is_what_the_origin_has_that_the_edge_has_not() {
+    // The edge's lag is the origin's newest media time less the newest it received, so a
+    // stand-in origin that says it is ahead by a known amount makes a known lag.
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let stream = std::fs::read(fixture_path("face.webm")).unwrap();
+    let last_ms = last_block_ms(&stream).round() as u64;
+    assert!(last_ms > 1000, "the fixture is {last_ms} ms long");
+    let media_end_ms = std::sync::Arc::new(AtomicU64::new(last_ms + 4000));
+    let origin = fake_origin(stream, media_end_ms.clone()).await;
+    let edge = start_edge(origin, None).await;
+    wait_for_relay(edge.addr, true).await;
+
+    // Once the edge has taken in the whole stream: the 4 s it lacks.
+    wait_for_lag(edge.addr, |lag| (lag - 4.0).abs() < 0.01).await;
+    // The origin's media ends where the edge's does: no lag.
+    media_end_ms.store(last_ms, Ordering::Relaxed);
+    wait_for_lag(edge.addr, |lag| lag < 0.01).await;
+    edge.shut_down().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

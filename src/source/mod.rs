@@ -243,6 +243,11 @@ impl Feeder {
         self.blocks
     }
 
+    /// The newest block time of the current stream, on the source's own timeline.
+    pub fn latest_media(&self) -> Option<MediaTime> {
+        self.clock.latest()
+    }
+
     /// Checks that the bytes so far end on an element boundary: call when the input ends.
     pub fn finish(&self) -> Result<(), IngestError> {
         if self.reader.mid_element() {

@@ -328,7 +328,7 @@ impl Slot {
             Target::Pipeline(pipeline) => pipeline.send(message).await,
             Target::Remux { muxer, hub } => {
                 let mut out = Vec::new();
-                {
+                let newest = {
                     let mut muxer = muxer.lock().unwrap_or_else(|p| p.into_inner());
                     match message {
                         Message::Event { event, .. } => muxer.push(event, &mut out),
@@ -336,8 +336,9 @@ impl Slot {
                         // Passthrough stamps nothing: the readout needs the pipeline's clock.
                         Message::CaptureOrigin(_) => {}
                     }
-                }
-                hub.publish(out);
+                    muxer.latest()
+                };
+                hub.publish_media(out, newest, None);
             }
         }
     }

@@ -170,6 +170,11 @@ impl SourceClock {
         self.latest = None;
     }
 
+    /// The latest block time of the current stream, once it has one.
+    pub fn latest(&self) -> Option<MediaTime> {
+        self.latest
+    }
+
     /// Checks one block time against the ones before it.
     pub fn check(&mut self, time: MediaTime) -> Result<(), ClockError> {
         if let Some(latest) = self.latest {

@@ -134,6 +134,11 @@ impl LiveMuxer {
         self.init.as_ref()
     }
 
+    /// The newest output time of any block so far.
+    pub fn latest(&self) -> Option<MediaTime> {
+        self.timeline.latest()
+    }
+
     /// Forget the current source (it ended or a new one takes over): the next stream's
     /// timestamps will be placed right after the last block viewers got.
     pub fn end_source(&mut self, out: &mut Vec<Output>) {
