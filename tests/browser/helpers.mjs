@@ -245,6 +245,34 @@ export async function waitForPicture(page, { minMean = 20, minStddev = 5, tries 
   throw new Error(`frame looks black: ${JSON.stringify(stats)}\n${await describe(page)}`);
 }
 
+/**
+ * Starts counting the page's stalls (`waiting` events of its #video); the returned function
+ * reads the count so far.
+ */
+export async function countStalls(page) {
+  await page.evaluate(() => {
+    window.__stalls = 0;
+    document.getElementById('video').addEventListener('waiting', () => window.__stalls++);
+  });
+  return () => page.evaluate(() => window.__stalls);
+}
+
+/**
+ * Samples how far behind live hls.html plays (`window.lenscastHls.behindLive`, s) every
+ * `everyMs` for `forMs`, keeping samples taken while playing; returns them ascending.
+ * `onSample(hls)` sees every state read.
+ */
+export async function sampleHlsBehindLive(page, forMs, everyMs, onSample = async () => {}) {
+  const behind = [];
+  for (let waited = 0; waited < forMs; waited += everyMs) {
+    await sleep(everyMs);
+    const hls = await page.evaluate(() => window.lenscastHls);
+    if (hls.state === 'playing' && hls.behindLive !== null) behind.push(hls.behindLive);
+    await onSample(hls);
+  }
+  return behind.sort((a, b) => a - b);
+}
+
 /** The `p`th percentile (0-100) of an ascending array; undefined when it is empty. */
 export function percentile(sorted, p) {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];

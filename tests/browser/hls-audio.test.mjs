@@ -8,10 +8,11 @@ import path from 'node:path';
 import { test } from 'node:test';
 import {
   REPO_ROOT,
+  countStalls,
   describe,
   openViewer,
   percentile,
-  sleep,
+  sampleHlsBehindLive,
   startLenscast,
   withServerAndBrowser,
   waitForPlayback,
@@ -78,20 +79,11 @@ test('hls.html: the source\'s Opus plays as audio (an analyser hears the 440 Hz 
       // Audio must not cost the low-latency playback: pictures wait for the audio of their
       // time before they are muxed, so measure how far behind live the player stays.
       // Over 30 s, as the issue measures it; stalls are counted to tell a busy machine apart.
-      await page.evaluate(() => {
-        window.__stalls = 0;
-        document.getElementById('video').addEventListener('waiting', () => window.__stalls++);
-      });
-      const behind = [];
-      for (let look = 0; look < 60; look++) {
-        await sleep(500);
-        const hls = await page.evaluate(() => window.lenscastHls);
-        if (hls.state === 'playing' && hls.behindLive !== null) behind.push(hls.behindLive);
-      }
-      const stalls = await page.evaluate(() => window.__stalls);
-      const behindSorted = [...behind].sort((a, b) => a - b);
-      const p50 = percentile(behindSorted, 50);
-      const p90 = percentile(behindSorted, 90);
+      const stallCount = await countStalls(page);
+      const behind = await sampleHlsBehindLive(page, 30000, 500);
+      const stalls = await stallCount();
+      const p50 = percentile(behind, 50);
+      const p90 = percentile(behind, 90);
       console.log(
         `hls.js with audio: behind live p50=${p50?.toFixed(2)} s p90=${p90?.toFixed(2)} s ` +
           `over ${behind.length} samples; stalls ${stalls}`,

@@ -9,10 +9,12 @@ import path from 'node:path';
 import { test } from 'node:test';
 import {
   REPO_ROOT,
+  countStalls,
   describe,
   launchBrowser,
   openViewer,
   percentile,
+  sampleHlsBehindLive,
   sleep,
   fetchStatus,
   startLenscast,
@@ -149,26 +151,18 @@ test('hls.js: how far behind live it plays with LL-HLS parts', { timeout: 150000
     const page = await openViewer(context, `${server.url}hls.html`);
     await waitForPlayback(page, 1, START_TIMEOUT_MS);
     // Stalls while measuring: each one adds to how far behind the player is.
-    await page.evaluate(() => {
-      window.__stalls = 0;
-      document.getElementById('video').addEventListener('waiting', () => window.__stalls++);
-    });
+    const stallCount = await countStalls(page);
 
-    const behind = [];
     const edge = [];
     const playlistAges = [];
-    for (let waited = 0; waited < LATENCY_WINDOW_MS; waited += LATENCY_SAMPLE_MS) {
-      await sleep(LATENCY_SAMPLE_MS);
-      const hls = await page.evaluate(() => window.lenscastHls);
-      if (hls.state === 'playing' && hls.behindLive !== null) behind.push(hls.behindLive);
+    const sorted = await sampleHlsBehindLive(page, LATENCY_WINDOW_MS, LATENCY_SAMPLE_MS, async (hls) => {
       if (hls.edgeLatency !== null) edge.push(hls.edgeLatency);
       const age = await playlistAge(server);
       if (age !== null) playlistAges.push(age);
-    }
-    const stalls = await page.evaluate(() => window.__stalls);
+    });
+    const stalls = await stallCount();
     const mirror = (await fetchStatus(server)).hls;
 
-    const sorted = [...behind].sort((a, b) => a - b);
     const p50 = percentile(sorted, 50);
     const p90 = percentile(sorted, 90);
     const edgeP50 = percentile([...edge].sort((a, b) => a - b), 50);
@@ -201,7 +195,7 @@ test('hls.js: how far behind live it plays with LL-HLS parts', { timeout: 150000
           stalls,
           mirror_encode_ms: mirror.encode_ms,
           mirror_frames_dropped: mirror.frames_dropped,
-          samples_s: behind,
+          samples_s: sorted,
         },
         null,
         2,
@@ -222,10 +216,7 @@ test('hls.js: after a stall it gets back to low latency', { timeout: 150000 }, a
     await waitForFullPlaylist(server);
     const page = await openViewer(context, `${server.url}hls.html`);
     await waitForPlayback(page, 1, START_TIMEOUT_MS);
-    await page.evaluate(() => {
-      window.__stalls = 0;
-      document.getElementById('video').addEventListener('waiting', () => window.__stalls++);
-    });
+    const stallCount = await countStalls(page);
     await sleep(3000);
     process.kill(server.pid, 'SIGSTOP');
     try {
@@ -233,16 +224,11 @@ test('hls.js: after a stall it gets back to low latency', { timeout: 150000 }, a
     } finally {
       process.kill(server.pid, 'SIGCONT');
     }
-    const stalls = await page.evaluate(() => window.__stalls);
+    const stalls = await stallCount();
     // Forgiving the stall (HLS_STALL_FORGIVE_MS, 10 s) and catching up at up to 1.2x.
     await sleep(RECOVERY_MS);
-    const behind = [];
-    for (let waited = 0; waited < 10000; waited += LATENCY_SAMPLE_MS) {
-      await sleep(LATENCY_SAMPLE_MS);
-      const hls = await page.evaluate(() => window.lenscastHls);
-      if (hls.state === 'playing' && hls.behindLive !== null) behind.push(hls.behindLive);
-    }
-    const p50 = percentile([...behind].sort((a, b) => a - b), 50);
+    const behind = await sampleHlsBehindLive(page, 10000, LATENCY_SAMPLE_MS);
+    const p50 = percentile(behind, 50);
     console.log(`after a ${STALL_MS} ms freeze (${stalls} stalls): behind live p50=${p50?.toFixed(2)} s`);
     assert.ok(stalls >= 1, `the freeze did not stall the player\n${await describe(page)}`);
     assert.ok(behind.length >= 15, `only ${behind.length} samples while playing\n${await describe(page)}`);
