@@ -12,6 +12,7 @@ import {
   HLS_RETRY_MAX_MS,
   HLS_RETRY_MIN_MS,
   HLS_STALL_FORGIVE_MS,
+  HLS_JUMP_BEHIND_S,
   CLOCK_SYNC_EVERY_MS,
   STATUS_PATH,
   TICK_MS,
@@ -61,6 +62,7 @@ export function playHls(video, onChange = () => {}) {
   let lastMediaRecovery = 0;
   let lastTime = null;
   let lastStall = null; // when hls.js last ran dry and raised its target latency
+  let lastJump = 0; // when the player last jumped to the live edge
 
   function tryPlay() {
     video.play().then(
@@ -170,8 +172,25 @@ export function playHls(video, onChange = () => {}) {
     lastStall = null;
   }
 
+  /**
+   * Jumps to the live edge when far behind it. hls.js speeds up only within one target
+   * duration of its target latency; further behind it takes for a viewer who chose to watch
+   * the past, and stays there (its own jump, liveMaxLatencyDurationCount, cannot be had
+   * without liveSyncDurationCount, which would replace the playlist's PART-HOLD-BACK).
+   */
+  function jumpWhenFarBehind() {
+    if (!hls || video.paused || Date.now() - lastJump < HLS_STALL_FORGIVE_MS) return;
+    const target = hls.targetLatency;
+    const sync = hls.liveSyncPosition;
+    if (!target || sync === null || !(hls.latency > target + HLS_JUMP_BEHIND_S)) return;
+    console.warn(`hls: ${hls.latency.toFixed(1)} s behind the live edge; jumping to it`);
+    lastJump = Date.now();
+    video.currentTime = sync;
+  }
+
   function measure() {
     forgiveStalls();
+    jumpWhenFarBehind();
     const t = video.currentTime;
     const seekable = video.seekable;
     if (hls) state.edgeLatency = hls.latency || null;
