@@ -1,6 +1,7 @@
 //! The HLS mirror as viewers and caches see it: through the real HTTP routes, judged by the
 //! real ffmpeg; Low-Latency HLS's blocking reloads and hinted parts as hls.js and Safari use
-//! them; plus a soak of the real binary for disk and memory creep.
+//! them; a download that stops reading is dropped after `--viewer-timeout`; plus a soak of the
+//! real binary for disk and memory creep.
 
 mod common;
 
@@ -519,4 +520,60 @@ async fn low_latency_hls_blocking_reloads_and_hinted_parts() {
     let status = status(addr).await;
     assert_eq!(status["hls"]["part_duration_s"], 0.2);
     assert!(status["hls"]["parts_on_disk"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_hls_download_is_dropped_after_the_viewer_timeout() {
+    let config = ServerConfig {
+        passthrough: true,
+        hls: Some(HlsConfig {
+            window: 3,
+            ..HlsConfig::default()
+        }),
+        connections: lenscast::http::conn::ConnLimits {
+            write_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = start_server(config, Some(Input::File(fixture_path("vp8-opus.webm")))).await;
+    let addr = server.addr;
+    let (_, segments, _) = wait_for_segments(addr, 1).await;
+    let segment = format!("/hls/{}", segments[0].1);
+    // The same segment asked 40 times, pipelined, on a socket that never reads: far more than
+    // the kernel's buffers hold, however small the segment, so the server's writes must wait.
+    let request = format!("GET {segment} HTTP/1.1\r\nHost: {addr}\r\n\r\n").repeat(40);
+    let before = status(addr).await["slow_viewers_dropped"].as_u64().unwrap();
+    let mut stalled = stalled_connection(addr, &request).await;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(10);
+    loop {
+        let dropped = status(addr).await["slow_viewers_dropped"].as_u64().unwrap();
+        if dropped > before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a download that reads nothing is never dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "dropped before --viewer-timeout: {waited:?}"
+    );
+    // The server closed it: what the kernel held drains, then the stream ends.
+    let mut sink = Vec::new();
+    let drained = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut stalled, &mut sink),
+    )
+    .await;
+    assert!(drained.is_ok(), "the stalled connection is still open");
+    // Everyone else is served as before.
+    let (code, _, body) = http_get(addr, &segment, Duration::from_secs(2)).await;
+    assert_eq!(code, 200);
+    assert!(!body.is_empty());
+    server.shut_down().await;
 }
