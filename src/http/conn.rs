@@ -131,23 +131,30 @@ pub async fn serve<F>(
                         builder.serve_connection_with_upgrades(TokioIo::new(idle), service);
                     watcher.watch(connection.into_owned()).await
                 }
+                // Boxed: inline, the TLS stream's state would make every connection's task
+                // twice as large (4.9 KiB instead of 2.4 KiB for a plain one), about 2.4 KiB of
+                // RSS per viewer.
                 Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(limits.header_timeout, acceptor.accept(idle)).await;
-                    let stream = match handshake {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(error)) => {
-                            tracing::debug!(%remote, %error, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%remote, "TLS handshake too slow; closed");
-                            return;
-                        }
-                    };
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
+                    Box::pin(async move {
+                        let handshake =
+                            tokio::time::timeout(limits.header_timeout, acceptor.accept(idle))
+                                .await;
+                        let stream = match handshake {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%remote, %error, "TLS handshake failed");
+                                return Ok(());
+                            }
+                            Err(_) => {
+                                tracing::debug!(%remote, "TLS handshake too slow; closed");
+                                return Ok(());
+                            }
+                        };
+                        let connection =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(connection.into_owned()).await
+                    })
+                    .await
                 }
             };
             if let Err(error) = served {
