@@ -476,18 +476,6 @@ impl Hub {
         (!interval.is_zero()).then_some(interval)
     }
 
-    /// When a viewer that has just written should write next, if it should wait at all (see
-    /// [`Batching`]). The deadlines of all viewers fall on one grid, a pause apart, so a crowd
-    /// wakes together once per pause: one timer slot fires, the workers write to everyone in
-    /// one burst and sleep again, instead of waking for thousands of staggered deadlines.
-    pub fn next_write_at(&self) -> Option<tokio::time::Instant> {
-        let pause = self.pause_between_writes()?;
-        let origin = tokio::time::Instant::from_std(self.shared.started);
-        let ticks = origin.elapsed().as_nanos() / pause.as_nanos() + 1;
-        let offset = u64::try_from(ticks * pause.as_nanos()).ok()?;
-        Some(origin + std::time::Duration::from_nanos(offset))
-    }
-
     /// Who is watching: this hub's viewers, and HLS requests noted by the routes.
     pub fn audience(&self) -> &Audience {
         &self.shared.audience
@@ -816,32 +804,6 @@ mod tests {
             None,
             "a small audience gets every frame at once"
         );
-    }
-
-    #[tokio::test]
-    async fn paced_viewers_write_on_one_shared_grid() {
-        let pause = Duration::from_millis(40);
-        let hub = Hub::with_batching(Limits::default(), Batching::Every(pause));
-        let origin = tokio::time::Instant::from_std(hub.shared.started);
-        let mut last = None;
-        for _ in 0..4 {
-            let now = tokio::time::Instant::now();
-            let at = hub.next_write_at().expect("paced");
-            assert!(
-                at > now && at - now <= pause,
-                "the next grid point after now"
-            );
-            assert_eq!(
-                (at - origin).as_nanos() % pause.as_nanos(),
-                0,
-                "on the grid"
-            );
-            assert_ne!(Some(at), last);
-            last = Some(at);
-            tokio::time::sleep_until(at).await;
-        }
-        let unpaced = Hub::with_batching(Limits::default(), Batching::Every(Duration::ZERO));
-        assert_eq!(unpaced.next_write_at(), None);
     }
 
     #[tokio::test]

@@ -146,9 +146,9 @@ pub async fn websocket(io: ws::Io, app: App, options: Options, remote: Option<So
                 }
                 batch.clear();
                 last_sent = Instant::now();
-                if let Some(at) = app.hub.next_write_at() {
+                if let Some(pause) = app.hub.pause_between_writes() {
                     // Let the next write carry what arrives meanwhile (see hub::Batching).
-                    tokio::time::sleep_until(at).await;
+                    tokio::time::sleep(pause).await;
                 }
             }
             incoming = reader.next() => match incoming {
@@ -295,8 +295,8 @@ impl HttpViewer {
                 return None;
             }
             None => {
-                if let Some(at) = self.hub.next_write_at() {
-                    tokio::time::sleep_until(at).await;
+                if let Some(pause) = self.hub.pause_between_writes() {
+                    tokio::time::sleep(pause).await;
                 }
             }
         }
