@@ -201,6 +201,8 @@ export const HLS_JS_CONFIG = Object.freeze({
 export const HLS_STALL_FORGIVE_MS = 10000;
 /** Further than this behind hls.js's target latency, the player jumps to the live edge. */
 export const HLS_JUMP_BEHIND_S = 1;
+/** ...at most once this often (ms), so a player that cannot keep up does not jump in a loop. */
+export const HLS_JUMP_EVERY_MS = 10000;
 /** First wait before the HLS player retries; doubles on every failure... */
 export const HLS_RETRY_MIN_MS = 1000;
 /** ...up to this. */

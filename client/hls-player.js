@@ -13,6 +13,7 @@ import {
   HLS_RETRY_MIN_MS,
   HLS_STALL_FORGIVE_MS,
   HLS_JUMP_BEHIND_S,
+  HLS_JUMP_EVERY_MS,
   CLOCK_SYNC_EVERY_MS,
   STATUS_PATH,
   TICK_MS,
@@ -179,7 +180,7 @@ export function playHls(video, onChange = () => {}) {
    * without liveSyncDurationCount, which would replace the playlist's PART-HOLD-BACK).
    */
   function jumpWhenFarBehind() {
-    if (!hls || video.paused || Date.now() - lastJump < HLS_STALL_FORGIVE_MS) return;
+    if (!hls || video.paused || Date.now() - lastJump < HLS_JUMP_EVERY_MS) return;
     const target = hls.targetLatency;
     const sync = hls.liveSyncPosition;
     if (!target || sync === null || !(hls.latency > target + HLS_JUMP_BEHIND_S)) return;

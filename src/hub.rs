@@ -75,8 +75,9 @@ pub enum Batching {
 /// Below the first step every frame goes out at once. Fan-out CPU follows writes per second,
 /// not bytes (see [`Batching`]): at 1,000 viewers of a 0.54 Mbit/s 30 fps stream, 100 ms
 /// costs about 3.0 CPU-s per delivered GB, 200 ms 2.0 and 250 ms 1.0-1.7, against 2.5-4.1
-/// for Icecast fed by ffmpeg in the same runs (`make bench`, a shared 2-core box). The price is latency: half the pause on
-/// average, paid only by crowds, where a server's CPU decides how many can watch at all.
+/// for Icecast fed by ffmpeg in the same runs (`make bench`, a shared 2-core box). The price
+/// is latency: half the pause on average, paid only by crowds, where a server's CPU decides
+/// how many can watch at all.
 pub const AUTO_BATCHING: [(u64, std::time::Duration); 3] = [
     (200, std::time::Duration::from_millis(50)),
     (500, std::time::Duration::from_millis(100)),
