@@ -1,5 +1,5 @@
 // Glass-to-glass latency, opt-in with ?clock=1 on both pages. The presenter page records a canvas
-// on which every frame carries the low 32 bits of the wall clock as black and white cells in the
+// on which every frame carries the wall clock (ms since midnight UTC) as black and white cells in the
 // bottom-left corner (the layout is described in constants.js). The viewer page reads the stamp
 // off the picture on screen, which gives the age of what the viewer sees: camera, recorder,
 // upload, server, MSE and playback together. Only meaningful when presenter and viewer share a
@@ -19,15 +19,41 @@ import {
 const STRIP_WIDTH = CLOCK_COLUMNS * CLOCK_CELL;
 const STRIP_HEIGHT = ((2 * CLOCK_BITS) / CLOCK_COLUMNS) * CLOCK_CELL;
 
-/** Now, as a stamp: the low 32 bits of the wall clock in ms. Read from performance.timeOrigin
- *  rather than Date.now(): the skewed-clock tests shift Date.now() (the clock lenscast's own
- *  latency readout uses) on each page, and this strip is the truth the readout is checked
- *  against, so it must keep the one clock both pages share. */
+const DAY_MS = 86_400_000;
+const WALL_CLOCK = new Intl.DateTimeFormat('en-GB', {
+  timeZone: 'UTC',
+  hourCycle: 'h23',
+  hour: 'numeric',
+  minute: 'numeric',
+  second: 'numeric',
+  fractionalSecondDigits: 3,
+});
+const PART_MS = { hour: 3_600_000, minute: 60_000, second: 1000, fractionalSecond: 1 };
+
+/** Now, as a stamp: the wall clock in ms since midnight UTC. Both pages must read the one clock
+ *  the machine has, whatever a page does to its own:
+ *  - not Date.now(): the skewed-clock tests shift it (and `new Date()`) on each page, since it is
+ *    the clock lenscast's own latency readout uses, and this strip is the truth the readout is
+ *    checked against;
+ *  - not performance.timeOrigin + performance.now(): Chromium derives it from the monotonic
+ *    clock and one reading of the wall clock per process, so while the system clock is being
+ *    slewed (a freshly booted VM's NTP) pages opened seconds apart disagree; CI measured 70 ms.
+ *  Intl.DateTimeFormat's format with no date reads the engine's own clock (ECMA-402 calls the
+ *  intrinsic %Date.now%, not the page's property): the real wall clock, in every process. */
 function now() {
-  return Math.round(performance.timeOrigin + performance.now()) % 2 ** 32;
+  let ms = 0;
+  for (const { type, value } of WALL_CLOCK.formatToParts()) {
+    if (type in PART_MS) ms += PART_MS[type] * Number(value);
+  }
+  return ms;
 }
 
-/** Draws `stamp` (32 bits) as the strip of cells at the bottom-left of a `height` px frame. */
+/** How old `stamp` is now, in ms (across midnight too). */
+function ageOf(stamp) {
+  return (now() - stamp + DAY_MS) % DAY_MS;
+}
+
+/** Draws `stamp` (CLOCK_BITS bits) as the strip of cells at the bottom-left of a `height` px frame. */
 function drawStamp(ctx, height, stamp) {
   const top = height - STRIP_HEIGHT;
   for (let i = 0; i < 2 * CLOCK_BITS; i++) {
@@ -98,7 +124,7 @@ export function readStamps(video) {
     ctx.drawImage(video, 0, top, STRIP_WIDTH, STRIP_HEIGHT, 0, 0, STRIP_WIDTH, STRIP_HEIGHT);
     const stamp = readStamp(ctx.getImageData(0, 0, STRIP_WIDTH, STRIP_HEIGHT).data);
     if (stamp === null) return;
-    const ageMs = (now() - stamp + 2 ** 32) % 2 ** 32;
+    const ageMs = ageOf(stamp);
     if (ageMs > CLOCK_MAX_MS) return;
     samples.push(ageMs);
     if (samples.length > CLOCK_SAMPLES_KEPT) samples.shift();

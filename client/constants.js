@@ -256,11 +256,11 @@ export const RECORDER_MIMES = Object.freeze([
 
 // ## Glass-to-glass clock (?clock=1 on both pages)
 //
-// The presenter stamps every frame with the low 32 bits of Date.now() as a strip of 16 x 4 cells
-// of 16 x 16 px at the bottom-left, away from the face boxes. Rows 0-1 hold the bits, most
-// significant first; rows 2-3 the same bits inverted, so a reader can tell a clean frame from one
-// that compression smeared. Cells are whole 16 x 16 macroblocks in pure black or white, which
-// survives two VP8 encodes.
+// The presenter stamps every frame with the wall clock (ms since midnight UTC, in 32 bits; see
+// clock-stamp.js for which clock) as a strip of 16 x 4 cells of 16 x 16 px at the bottom-left,
+// away from the face boxes. Rows 0-1 hold the bits, most significant first; rows 2-3 the same
+// bits inverted, so a reader can tell a clean frame from one that compression smeared. Cells are
+// whole 16 x 16 macroblocks in pure black or white, which survives two VP8 encodes.
 
 /** A cell's side, in pixels. */
 export const CLOCK_CELL = 16;
