@@ -220,12 +220,12 @@ export const CLOCK_SYNC_BURST_MS = 200;
 export const CLOCK_SYNC_EVERY_MS = 5000;
 /** Clock samples kept; the fastest round trip among them sets the offset. */
 export const CLOCK_SYNC_KEPT = 12;
-/** How often the readout takes the age of the picture on screen. */
+/** How often the page takes the age of the picture on screen for its report to the server
+ *  (window.lenscast.glassToGlassMs needs no sampling: it is worked out when read)... */
 export const GLASS_SAMPLE_EVERY_MS = 100;
-/** How often the readout (window.lenscast.glassToGlassMs) is updated, to the median of the
- *  samples since: short, so that it follows a player catching up rather than lagging it. */
+/** ...and how often the figure it reports is updated, to the median of the samples since. */
 export const GLASS_READOUT_EVERY_MS = 500;
-/** How often a viewer page reports its readout to the server (for the presenter's figure). */
+/** How often a viewer page sends that figure to the server (for the presenter's figure). */
 export const GLASS_REPORT_EVERY_MS = 2000;
 /** Capture stamps a viewer keeps (one per keyframe Cluster). */
 export const GLASS_STAMPS_KEPT = 16;

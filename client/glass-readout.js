@@ -4,9 +4,12 @@
 // The server sends a "stamp" with every keyframe Cluster: the capture time of one media time, on
 // the server's clock (see src/latency.rs). Media time and capture time advance together, so any
 // frame's capture time follows from the latest stamp. When the page presents a frame it knows the
-// frame's media time and when it is shown; every GLASS_SAMPLE_EVERY_MS it takes the age of the
-// picture on screen, on the server's clock (ServerClock), and the readout is the median of
-// those since its last update.
+// frame's media time and when it is shown, so the age of the picture on screen, on the server's
+// clock (ServerClock), can be worked out at any moment: `glassToGlassMs` does so when read, so it
+// never lags a player that is catching up (a median over the last half second would: while
+// latency falls slowly and rises in jumps, a figure that lags reads high). What the page reports to the
+// server for the presenter's figure is steadier: the median of samples taken every
+// GLASS_SAMPLE_EVERY_MS since the last report period.
 
 import { GLASS_READOUT_EVERY_MS, GLASS_SAMPLE_EVERY_MS, GLASS_STAMPS_KEPT } from './constants.js';
 
@@ -26,14 +29,14 @@ export class GlassReadout {
     this.samples = []; // ages of the picture on screen since the last update
     this.onScreen = null; // { capture, at }: the frame on screen (at: performance.now() ms)
     this.upcoming = null; // the frame presented next, until its display time comes
-    /** The latest estimate in ms (the median over the last update period); null when unknown. */
-    this.glassToGlassMs = null;
+    /** The median of the samples over the last update period (ms); null when unknown. */
+    this.smoothedMs = null;
     /** From the server's broadcast to this page's socket, ms (the latest stamp's). */
     this.deliveryMs = null;
     this.onChange = () => {};
   }
 
-  /** Starts watching presented frames; updates `glassToGlassMs` every GLASS_READOUT_EVERY_MS. */
+  /** Starts watching presented frames; updates `smoothedMs` every GLASS_READOUT_EVERY_MS. */
   start() {
     const video = this.video;
     if ('requestVideoFrameCallback' in video) {
@@ -67,13 +70,19 @@ export class GlassReadout {
     return stamp.capture + (media - stamp.media);
   }
 
-  /** The age of the picture on screen now. A picture that stays on screen (a stall) grows
-   *  older, as the viewer sees it; a paused player is old for a reason that is not latency. */
-  sample() {
+  /** The latency readout: the age of the picture on screen now (ms, rounded), or null when
+   *  unknown. A picture that stays on screen (a stall) grows older, as the viewer sees it; a
+   *  paused player is old for a reason that is not latency, so it has no figure. */
+  get glassToGlassMs() {
+    const age = this.ageNow();
+    return age === null ? null : Math.round(age);
+  }
+
+  ageNow() {
     const video = this.video;
-    if (video.paused || video.readyState < HTMLMediaElement.HAVE_CURRENT_DATA) return;
+    if (video.paused || video.readyState < HTMLMediaElement.HAVE_CURRENT_DATA) return null;
     const now = this.clock?.toServer(Date.now()) ?? null;
-    if (now === null) return;
+    if (now === null) return null;
     let capture = null;
     if ('requestVideoFrameCallback' in video) {
       this.advance();
@@ -82,7 +91,12 @@ export class GlassReadout {
       // Without frame callbacks, the playhead is the frame on screen, give or take one.
       capture = this.captureOf(video.currentTime);
     }
-    if (capture !== null) this.samples.push(now - capture);
+    return capture === null ? null : now - capture;
+  }
+
+  sample() {
+    const age = this.ageNow();
+    if (age !== null) this.samples.push(age);
   }
 
   /** A stamp from the server: `media_ms` was captured at `capture_ms` (server clock). */
@@ -101,16 +115,16 @@ export class GlassReadout {
     this.samples = [];
     this.onScreen = null;
     this.upcoming = null;
-    this.glassToGlassMs = null;
+    this.smoothedMs = null;
     this.deliveryMs = null;
     this.onChange(this);
   }
 
   update() {
-    const before = this.glassToGlassMs;
+    const before = this.smoothedMs;
     // No frame presented for a whole period (paused, stalled): no figure rather than an old one.
-    this.glassToGlassMs = this.samples.length ? Math.round(median(this.samples)) : null;
+    this.smoothedMs = this.samples.length ? Math.round(median(this.samples)) : null;
     this.samples = [];
-    if (this.glassToGlassMs !== before) this.onChange(this);
+    if (this.smoothedMs !== before) this.onChange(this);
   }
 }

@@ -190,13 +190,17 @@ export class MsePlayer {
   constructor(video, onChange = () => {}) {
     this.video = video;
     this.onChange = onChange;
+    const readout = new GlassReadout(video, null);
     this.state = {
       state: 'connecting',
       mime: null,
       audioOnly: false,
       unsupportedMime: null,
       behindLive: null,
-      glassToGlassMs: null,
+      // Worked out when read, from the picture on screen (see GlassReadout).
+      get glassToGlassMs() {
+        return readout.glassToGlassMs;
+      },
       deliveryMs: null,
       reconnects: 0,
       appendedBytes: 0,
@@ -204,9 +208,8 @@ export class MsePlayer {
     };
     this.clock = new LatencyClock(video);
     this.serverClock = null; // one per connection: a new server may have another clock
-    this.readout = new GlassReadout(video, null);
-    this.readout.onChange = (readout) => {
-      this.state.glassToGlassMs = readout.glassToGlassMs;
+    this.readout = readout;
+    this.readout.onChange = () => {
       this.state.deliveryMs = readout.deliveryMs;
       this.changed();
     };
@@ -330,7 +333,7 @@ export class MsePlayer {
 
   /** Tells the server what this page sees, for the presenter's figure. */
   reportLatency() {
-    const ms = this.readout.glassToGlassMs;
+    const ms = this.readout.smoothedMs;
     if (ms === null || this.socket?.readyState !== WebSocket.OPEN) return;
     this.socket.send(JSON.stringify({ type: MESSAGE.LATENCY, ms: Math.max(0, ms) }));
   }

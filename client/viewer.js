@@ -20,7 +20,11 @@ const lenscast = {
   mime: null,
   audioOnly: false,
   behindLive: null, // seconds between the playhead and the end of what we have
-  glassToGlassMs: null, // the latency readout: camera (or server, for the demo) to this screen
+  // The latency readout, camera (or server, for the demo) to this screen: the player's, worked
+  // out when read so that it is as fresh as the picture on screen.
+  get glassToGlassMs() {
+    return (this.engine === 'hls' ? this.hls : msePlayer?.state)?.glassToGlassMs ?? null;
+  },
   deliveryMs: null, // of that, from the server's broadcast to this page's socket
   reconnects: 0,
   appendedBytes: 0,
@@ -37,7 +41,6 @@ function startMse() {
     lenscast.mime = mse.mime;
     lenscast.audioOnly = mse.audioOnly;
     lenscast.behindLive = mse.behindLive;
-    lenscast.glassToGlassMs = mse.glassToGlassMs;
     lenscast.deliveryMs = mse.deliveryMs;
     lenscast.slackTargetMs = mse.slackTargetMs;
     lenscast.stalls = mse.stalls;
@@ -107,7 +110,6 @@ function startHls(why) {
   lenscast.hls = playHls(video, (hls) => {
     lenscast.state = hls.state;
     lenscast.behindLive = hls.behindLive;
-    lenscast.glassToGlassMs = hls.glassToGlassMs;
     playOverlay.hidden = !hls.autoplayRefused;
     showMessage(hls.state === 'unsupported' ? hls.error : null);
     renderStatus();
