@@ -9,7 +9,7 @@
 //! that same lock, a viewer that snapshots the cache and takes its place in the ring under the
 //! lock gets every byte exactly once: no gap, no duplicate.
 //!
-//! The live tail is a ring of recent chunks bounded both in chunks and in bytes ([`Limits`]),
+//! The live tail is a ring of recent chunks bounded in chunks, in bytes and in age ([`Limits`]),
 //! so what the hub holds for viewers is bounded however large the chunks are and however
 //! long a viewer stalls. (tokio's broadcast channel is bounded only in messages, and a
 //! stalled receiver pins every one of them: that is why the hub keeps its own ring.) Each
@@ -20,7 +20,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -34,6 +34,9 @@ use crate::webm::{InitSegment, Output, StreamInfo};
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
 /// Bytes the ring holds, and separately the join cache: 16 MiB is 12 s of a 10 Mbit/s stream.
 pub const DEFAULT_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+/// How long the ring keeps a chunk: a viewer this far behind is of no use live, and one whose
+/// socket took nothing for this long is dropped anyway (`--viewer-timeout`'s default).
+pub const DEFAULT_BUFFER_AGE: Duration = Duration::from_secs(10);
 /// A viewer takes at most this much from the ring per wake-up, so a viewer whose socket is
 /// stuck pins little beyond what the ring itself holds.
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
@@ -46,6 +49,10 @@ pub struct Limits {
     /// Bytes in the ring before the oldest chunk is dropped; also the most the join cache
     /// holds (past it, joining viewers wait for the next keyframe Cluster).
     pub bytes: usize,
+    /// How long a chunk stays in the ring after it was published. Without it, a low-bitrate
+    /// stream keeps the whole chunk budget resident: 1024 chunks of a 0.5 Mbit/s video-only
+    /// stream are 34 s, 2.2 MB, that no viewer within the write timeout can still need.
+    pub age: Duration,
 }
 
 impl Default for Limits {
@@ -53,6 +60,7 @@ impl Default for Limits {
         Limits {
             chunks: DEFAULT_CHANNEL_CAPACITY,
             bytes: DEFAULT_BUFFER_BYTES,
+            age: DEFAULT_BUFFER_AGE,
         }
     }
 }
@@ -244,6 +252,8 @@ impl JoinCache {
 #[derive(Debug, Default)]
 struct Ring {
     chunks: VecDeque<Chunk>,
+    /// When each of `chunks` was published (a deque of its own: viewers read `chunks` alone).
+    published: VecDeque<Instant>,
     /// The number of `chunks[0]`; chunks are numbered in publishing order from 0.
     first: u64,
     bytes: usize,
@@ -255,14 +265,19 @@ impl Ring {
         self.first + self.chunks.len() as u64
     }
 
-    /// Appends `chunk`, dropping the oldest chunks past the limits (the newest always stays).
-    fn push(&mut self, chunk: Chunk, limits: Limits) {
+    /// Appends `chunk`, published `now`, dropping the oldest chunks past the limits (the newest
+    /// always stays).
+    fn push(&mut self, chunk: Chunk, now: Instant, limits: Limits) {
         self.bytes += chunk.bytes.len();
         self.chunks.push_back(chunk);
+        self.published.push_back(now);
         while self.chunks.len() > 1
-            && (self.chunks.len() > limits.chunks || self.bytes > limits.bytes)
+            && (self.chunks.len() > limits.chunks
+                || self.bytes > limits.bytes
+                || now.saturating_duration_since(self.published[0]) > limits.age)
         {
             let dropped = self.chunks.pop_front().expect("more than one chunk");
+            self.published.pop_front();
             self.bytes -= dropped.bytes.len();
             self.first += 1;
         }
@@ -321,6 +336,7 @@ impl Hub {
         let limits = Limits {
             chunks: limits.chunks.max(1),
             bytes: limits.bytes.max(1),
+            age: limits.age,
         };
         Hub {
             shared: Arc::new(Shared {
@@ -364,6 +380,7 @@ impl Hub {
     ) {
         let stamp = stamp.map(Arc::new);
         let limits = self.shared.limits;
+        let now = Instant::now();
         let mut state = self.lock();
         let before = state.ring.end();
         state.media_end = state.media_end.max(newest);
@@ -389,7 +406,7 @@ impl Hub {
                 state.init = Some(init.clone());
             }
             state.join.push(&chunk, limits.bytes);
-            state.ring.push(chunk, limits);
+            state.ring.push(chunk, now, limits);
         }
         let end = state.ring.end();
         drop(state);
@@ -686,6 +703,7 @@ mod tests {
         let hub = Hub::new(Limits {
             chunks: 1000,
             bytes: 1000,
+            ..Limits::default()
         });
         hub.publish([init()]);
         let mut stalled = hub.subscribe();
@@ -725,11 +743,42 @@ mod tests {
         assert_eq!(hub.status().media_end_ms, Some(2033.0));
     }
 
+    #[test]
+    fn the_ring_drops_chunks_older_than_its_age_limit() {
+        let limits = Limits {
+            age: Duration::from_secs(10),
+            ..Limits::default()
+        };
+        let start = Instant::now();
+        let mut ring = Ring::default();
+        let Output::Init(init) = init() else {
+            unreachable!("init() is an init segment")
+        };
+        let chunk = |tag| Chunk::from_output(cluster(tag, 10, true), Some(&init)).expect("a chunk");
+        // A chunk a second for 30 s: the ring keeps the last 10 s and the one published now.
+        for second in 0..30u8 {
+            let chunk = chunk(second);
+            ring.push(chunk, start + Duration::from_secs(second.into()), limits);
+        }
+        assert_eq!(ring.end(), 30, "every chunk was numbered");
+        assert_eq!(
+            ring.first, 19,
+            "chunks 19..=29: published at most 10 s before the last"
+        );
+        assert_eq!(ring.chunks.len(), ring.published.len());
+        assert_eq!(ring.bytes, 11 * 10);
+        assert_eq!(ring.chunks[0].bytes[0], 19);
+        // A long pause in publishing: the newest chunk still stays.
+        ring.push(chunk(99), start + Duration::from_secs(3600), limits);
+        assert_eq!((ring.first, ring.chunks.len()), (30, 1));
+    }
+
     #[tokio::test]
     async fn the_newest_chunk_stays_even_if_it_alone_is_over_budget() {
         let hub = Hub::new(Limits {
             chunks: 1000,
             bytes: 100,
+            ..Limits::default()
         });
         hub.publish([init()]);
         let mut viewer = hub.subscribe();
@@ -750,6 +799,7 @@ mod tests {
         let hub = Hub::new(Limits {
             chunks: 1000,
             bytes: usize::MAX,
+            ..Limits::default()
         });
         hub.publish([init()]);
         let mut viewer = hub.subscribe();

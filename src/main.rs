@@ -125,7 +125,9 @@ struct ServeArgs {
     #[arg(long)]
     no_hls: bool,
 
-    /// Disconnect a viewer whose connection accepts no data for this many seconds.
+    /// Disconnect a viewer whose connection accepts no data for this many seconds. Also how
+    /// much of the stream is kept for viewers that fall behind: one further behind skips ahead
+    /// to the newest keyframe.
     #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = seconds(0.1, 3600.0))]
     viewer_timeout: Duration,
 
@@ -397,6 +399,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         viewer_buffer: lenscast::hub::Limits {
             chunks: args.viewer_buffer as usize,
             bytes: args.viewer_buffer_bytes,
+            // A viewer further behind than this has taken nothing for that long, or is too far
+            // behind to be live: either way it skips ahead rather than the ring holding more.
+            age: args.viewer_timeout,
         },
         max_resolution: args.max_resolution,
         connections: ConnLimits {

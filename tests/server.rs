@@ -200,6 +200,7 @@ async fn a_restarted_source_continues_the_same_timeline() {
     let hub = Hub::new(Limits {
         chunks: 100_000,
         bytes: usize::MAX,
+        ..Limits::default()
     });
     let slot = Slot::new(Target::remux(hub.clone()), None, Resolution::DEFAULT);
     let mut viewer = hub.subscribe();
@@ -225,6 +226,7 @@ async fn a_slow_viewer_resyncs_at_a_keyframe_cluster_and_others_lose_nothing() {
     let hub = Hub::new(Limits {
         chunks: 32,
         bytes: usize::MAX,
+        ..Limits::default()
     });
     let mut fast = hub.subscribe();
     let mut slow = hub.subscribe();
