@@ -1,6 +1,6 @@
 // Glass-to-glass latency, opt-in with ?clock=1 on both pages. The presenter page records a canvas
-// on which every frame carries the wall clock (ms since midnight UTC) as black and white cells in the
-// bottom-left corner (the layout is described in constants.js). The viewer page reads the stamp
+// on which every frame carries the wall clock (ms since midnight UTC) as black and white cells in
+// the bottom-left corner (the layout is described in constants.js). The viewer page reads the stamp
 // off the picture on screen, which gives the age of what the viewer sees: camera, recorder,
 // upload, server, MSE and playback together. Only meaningful when presenter and viewer share a
 // clock (the same machine, as in the tests). Drawing and reading live here together so that the
@@ -53,7 +53,8 @@ function ageOf(stamp) {
   return (now() - stamp + DAY_MS) % DAY_MS;
 }
 
-/** Draws `stamp` (CLOCK_BITS bits) as the strip of cells at the bottom-left of a `height` px frame. */
+/** Draws `stamp` (CLOCK_BITS bits) as the strip of cells at the bottom-left of a `height` px
+ *  frame. */
 function drawStamp(ctx, height, stamp) {
   const top = height - STRIP_HEIGHT;
   for (let i = 0; i < 2 * CLOCK_BITS; i++) {

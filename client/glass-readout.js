@@ -7,9 +7,9 @@
 // frame's media time and when it is shown, so the age of the picture on screen, on the server's
 // clock (ServerClock), can be worked out at any moment: `glassToGlassMs` does so when read, so it
 // never lags a player that is catching up (a median over the last half second would: while
-// latency falls slowly and rises in jumps, a figure that lags reads high). What the page reports to the
-// server for the presenter's figure is steadier: the median of samples taken every
-// GLASS_SAMPLE_EVERY_MS since the last report period.
+// latency falls slowly and rises in jumps, a figure that lags reads high). What the page reports
+// to the server for the presenter's figure is steadier: `smoothedMs`, the median of samples
+// taken every GLASS_SAMPLE_EVERY_MS over the last GLASS_READOUT_EVERY_MS.
 
 import { GLASS_READOUT_EVERY_MS, GLASS_SAMPLE_EVERY_MS, GLASS_STAMPS_KEPT } from './constants.js';
 
@@ -78,6 +78,7 @@ export class GlassReadout {
     return age === null ? null : Math.round(age);
   }
 
+  /** The same, unrounded (ms); null when unknown. */
   ageNow() {
     const video = this.video;
     if (video.paused || video.readyState < HTMLMediaElement.HAVE_CURRENT_DATA) return null;
@@ -94,6 +95,7 @@ export class GlassReadout {
     return capture === null ? null : now - capture;
   }
 
+  /** Takes one sample for `smoothedMs`. */
   sample() {
     const age = this.ageNow();
     if (age !== null) this.samples.push(age);

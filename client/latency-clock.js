@@ -10,10 +10,11 @@
 // above the target is latency for nothing, and playing 10% faster spends it.
 //
 // The target starts at LIVE_SLACK, which is enough for most streams (see constants.js for how
-// it was measured). A player that runs dry (a stall) needs more: with audio, Chrome's renderer underflows well before the buffer is empty
-// and then rebuffers for half a second, so each stall raises the target by LIVE_SLACK_STEP, and
-// every SLACK_CALM_MS without one lowers it by LIVE_SLACK_DECAY again: the player finds the
-// least its stream and browser need, and follows it when that changes.
+// it was measured). A player that runs dry (a stall) needs more: with audio, Chrome's renderer
+// underflows well before the buffer is empty and then rebuffers for half a second, so each stall
+// raises the target by LIVE_SLACK_STEP, and every SLACK_CALM_MS without one lowers it by
+// LIVE_SLACK_DECAY again: the player finds the least its stream and browser need, and follows it
+// when that changes.
 
 import {
   CATCH_UP_RATE,

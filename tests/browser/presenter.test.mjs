@@ -310,7 +310,8 @@ test('glass-to-glass: the readout holds when the pages\' clocks are off by secon
     const m = await measureGlassToGlass(server, context);
     console.log(`skewed clocks: truth p50=${percentile(m.truth, 50)} ms; readout p50=${percentile(m.readout, 50)} ms`);
     // The shift is really in force on the pages (else this test would prove nothing).
-    const shift = (page) => page.evaluate(() => new Date().getTime() - window.lenscastTestRealNow());
+    const shift = (page) =>
+      page.evaluate(() => new Date().getTime() - window.lenscastTestRealNow());
     const viewerShift = await shift(m.viewer);
     const presenterShift = await shift(m.presenter);
     assert.ok(Math.abs(viewerShift - 5000) < 20, `viewer clock shift ${viewerShift} ms`);
