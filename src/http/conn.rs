@@ -14,6 +14,7 @@
 //! - with TLS (`super::tls`), the handshake runs on the connection's task over the same
 //!   timed stream, and must finish within `header_timeout`.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -21,6 +22,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::body::Incoming;
+use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,6 +31,8 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 use warp::Filter;
+
+use super::bare;
 
 /// Connection limits, from the command line.
 #[derive(Debug, Clone, Copy)]
@@ -114,11 +119,6 @@ pub async fn serve<F>(
             continue;
         };
         let service = service.clone();
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
-            request.extensions_mut().insert(RemoteAddr(remote));
-            let mut service = service.clone();
-            service.call(request)
-        });
         let idle = Idle::new(stream, limits, on_stall.clone());
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -126,11 +126,7 @@ pub async fn serve<F>(
         tokio::spawn(async move {
             let _permit = permit;
             let served = match tls {
-                None => {
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(idle), service);
-                    watcher.watch(connection.into_owned()).await
-                }
+                None => serve_connection(idle, remote, service, builder, watcher, limits).await,
                 // Boxed: inline, the TLS stream's state would make every connection's task
                 // twice as large (4.9 KiB instead of 2.4 KiB for a plain one), about 2.4 KiB of
                 // RSS per viewer.
@@ -150,9 +146,7 @@ pub async fn serve<F>(
                                 return Ok(());
                             }
                         };
-                        let connection =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        watcher.watch(connection.into_owned()).await
+                        serve_connection(stream, remote, service, builder, watcher, limits).await
                     })
                     .await
                 }
@@ -164,6 +158,56 @@ pub async fn serve<F>(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Serves one connection: an endless stream's `GET` is answered on the bare connection (see
+/// [`super::bare`]); anything else goes to hyper, with what was read put back.
+async fn serve_connection<S, Svc>(
+    mut io: S,
+    remote: SocketAddr,
+    mut service: Svc,
+    builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    limits: ConnLimits,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    // warp's service, for both kinds of request (its type cannot be named).
+    Svc: Service<bare::Request, Response = warp::reply::Response, Error = Infallible>
+        + Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    <Svc as Service<Request<Incoming>>>::Future: Send + 'static,
+{
+    match bare::read_head(&mut io, limits.header_timeout).await {
+        bare::Head::Gone => Ok(()),
+        bare::Head::Endless { mut request, extra } => {
+            request.extensions_mut().insert(RemoteAddr(remote));
+            let Ok(response) = Service::<bare::Request>::call(&mut service, request).await;
+            if let Err(error) = bare::respond(&mut io, response, extra).await {
+                tracing::debug!(%remote, %error, "stream connection ended");
+            }
+            Ok(())
+        }
+        // Boxed: hyper's connection is large, and it would size every task, a `/live.webm`
+        // viewer's too, although it lives only as long as plain requests (an upgraded
+        // WebSocket runs on a task of its own).
+        bare::Head::Other(read) => {
+            Box::pin(async move {
+                let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                    request.extensions_mut().insert(RemoteAddr(remote));
+                    let mut service = service.clone();
+                    Service::<Request<Incoming>>::call(&mut service, request)
+                });
+                let io = TokioIo::new(bare::Rewind::new(read, io));
+                let connection = builder.serve_connection_with_upgrades(io, service);
+                watcher.watch(connection.into_owned()).await
+            })
+            .await
+        }
+    }
 }
 
 /// A stream that fails with `TimedOut` once nothing has been read or written for

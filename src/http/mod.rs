@@ -4,6 +4,7 @@
 //! `with_app`, as in warp's own examples.
 
 mod assets;
+mod bare;
 pub mod conn;
 pub mod hls;
 mod origin;

@@ -226,7 +226,7 @@ pub fn header(head: &str, name: &str) -> Option<String> {
 }
 
 /// Decodes a chunked body (tolerating a cut-off last chunk).
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+pub fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(line_end) = raw.windows(2).position(|w| w == b"\r\n") {
         let size = usize::from_str_radix(std::str::from_utf8(&raw[..line_end]).unwrap().trim(), 16)
