@@ -25,9 +25,6 @@ use warp::Filter;
 /// The upgraded connection.
 pub type Io = TokioIo<hyper::upgrade::Upgraded>;
 
-/// Slices per `writev`: Linux takes at most 1024 (IOV_MAX).
-const MAX_SLICES: usize = 512;
-
 /// Errors of a viewer's WebSocket.
 #[derive(Debug, thiserror::Error)]
 pub enum WsError {
@@ -272,15 +269,6 @@ impl Writer {
         .map_err(std::io::Error::other)?;
         let header_len = 14 - unused.len();
         slices[0] = IoSlice::new(&header[..header_len]);
-        let mut rest = &mut slices[..];
-        while !rest.is_empty() {
-            let batch = rest.len().min(MAX_SLICES);
-            let written = self.half.write_vectored(&rest[..batch]).await?;
-            if written == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            IoSlice::advance_slices(&mut rest, written);
-        }
-        Ok(())
+        super::bare::write_all_vectored(&mut self.half, &mut slices).await
     }
 }
