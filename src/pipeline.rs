@@ -148,8 +148,10 @@ pub struct PipelineStats {
     pub latency_ms_p50: f64,
     pub latency_ms_p99: f64,
     /// From a frame's capture to its arrival at the server (the presenter's recorder and
-    /// upload), ms; only for presenters whose page says when it captured.
+    /// upload), ms; only for presenters whose page says when it captured. The p99 shows the
+    /// presenter's hiccups, which players must keep room for.
     pub capture_to_arrival_ms_p50: Option<f64>,
+    pub capture_to_arrival_ms_p99: Option<f64>,
 }
 
 /// The handle the slot and status use. Cheap to clone.
@@ -401,7 +403,9 @@ impl Recorder {
             self.local.latency_ms_p50 = p50;
             self.local.latency_ms_p99 = p99;
         }
-        self.local.capture_to_arrival_ms_p50 = self.uploads.quantiles([0.5]).map(|[p50]| p50);
+        let uploads = self.uploads.quantiles([0.5, 0.99]);
+        self.local.capture_to_arrival_ms_p50 = uploads.map(|[p50, _]| p50);
+        self.local.capture_to_arrival_ms_p99 = uploads.map(|[_, p99]| p99);
         *self.shared.lock().expect("stats lock") = self.local.clone();
     }
 }

@@ -154,6 +154,11 @@ async fn the_capture_clock_reaches_viewers_and_their_reports_come_back() {
         (CLAIMED_AGE_MS - 500.0..CLAIMED_AGE_MS + 2000.0).contains(&upload),
         "capture to arrival {upload} ms"
     );
+    let upload_p99 = latency["capture_to_arrival_ms_p99"].as_f64().unwrap();
+    assert!(
+        upload_p99 >= upload,
+        "capture to arrival p99 {upload_p99} ms, p50 {upload} ms"
+    );
     assert!(latency["arrival_to_broadcast_ms_p50"].as_f64().unwrap() > 0.0);
 
     let mut presenter = publishing.await.unwrap();

@@ -145,6 +145,7 @@ impl App {
         // recorder and upload; arrival → broadcast the pipeline) and what viewers see end to end.
         status["latency"] = serde_json::json!({
             "capture_to_arrival_ms_p50": pipeline.as_ref().and_then(|p| p.capture_to_arrival_ms_p50),
+            "capture_to_arrival_ms_p99": pipeline.as_ref().and_then(|p| p.capture_to_arrival_ms_p99),
             "arrival_to_broadcast_ms_p50": pipeline.as_ref().map(|p| p.latency_ms_p50),
             "arrival_to_broadcast_ms_p99": pipeline.as_ref().map(|p| p.latency_ms_p99),
             "viewers": self.latency.summary(),
