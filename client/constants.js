@@ -150,26 +150,28 @@ export const JUMP_BEHIND = 1.5;
 export const START_BEHIND = 0.4;
 /** Where a jump lands, in seconds behind the live edge. */
 export const JUMP_TARGET = 0.2;
-/** Seconds the player keeps in hand at its lowest (just before new media arrives): room for
- *  jitter. More than this (plus the hysteresis) is spent by playing slightly faster. A
+/** Seconds the player keeps in hand at its lowest (just before the latest arrival of the last
+ *  SLACK_WINDOW_MS, see latency-clock.js): room for what Chrome's renderer keeps (it underflows
+ *  with 30-90 ms in hand) and for jitter beyond the window's. Measured when the window was 3 s: a
  *  presenter's stream (100 ms recorder chunks, video and audio) in headless Chromium, 60 s after
  *  the join, 3 runs each: 0.06 stalled twice a minute (p50 402-486 ms, p90 760-784 ms glass to
  *  glass), 0.16 at most once (p50 380-444 ms, p90 394-458 ms); 0.12 stalled in 2 of 4 20 s
  *  runs. A stall costs more than the slack it saves: Chrome rebuffers for 200-500 ms. */
 export const LIVE_SLACK = 0.16;
-/** Each stall raises the slack kept by this much (seconds)... */
-export const LIVE_SLACK_STEP = 0.1;
-/** ...up to this... */
-export const LIVE_SLACK_MAX = 1;
-/** ...and every SLACK_CALM_MS without a stall lowers it by this much, down to LIVE_SLACK. */
-export const LIVE_SLACK_DECAY = 0.02;
-export const SLACK_CALM_MS = 10000;
-/** Slack above the target that is tolerated before speeding up, so the rate does not flip. */
+/** Slack above (below) the target that is tolerated before speeding up (slowing down), so the
+ *  rate does not flip. */
 export const LIVE_SLACK_HYSTERESIS = 0.04;
-/** The slack is the least in hand over this long (ms): long enough to see the worst gap. */
-export const SLACK_WINDOW_MS = 3000;
+/** The slack allows for the latest arrival over this long (ms): late media comes in bursts (a
+ *  busy presenter, a congested network) seconds apart, and room made for one burst should last
+ *  until the next. */
+export const SLACK_WINDOW_MS = 20000;
+/** The slack is taken as known, and acted on, once arrivals span this long (ms). */
+export const SLACK_FIRST_MS = 1500;
 /** Gentle enough that the change in audio pitch is barely audible. */
 export const CATCH_UP_RATE = 1.1;
+/** Played this much slower while the slack is short of the target (less the hysteresis): room
+ *  is made before a stall makes it, 100 ms a second, and at the same pitch (browsers keep it). */
+export const BUILD_UP_RATE = 0.9;
 /** More than this (seconds) over the target in hand is caught up faster... */
 export const FAST_CATCH_UP_ABOVE = 0.3;
 /** ...at this rate (browsers keep the pitch, so speech stays natural, only quicker). */

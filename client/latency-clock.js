@@ -4,19 +4,23 @@
 // newer exists yet.
 //
 // How much it needs in hand depends on how unevenly media arrives (the presenter's recorder
-// hands over a chunk every 100 ms; networks and the server add jitter), so the clock measures
-// it instead of guessing: the slack is the least the player had in hand over the last few
-// seconds, sampled just before each append (the moment it is lowest) and on every tick. Slack
-// above the target is latency for nothing, and playing 10% faster spends it.
+// hands over a chunk every 100 ms; a busy presenter, network or server add jitter), so the clock
+// measures it instead of guessing. For each append it notes how late the new media came: the
+// wall-clock time less the media time it continues from. The latest arrival over the last
+// SLACK_WINDOW_MS sets the slack: what the player would have had in hand when that arrival came,
+// had it been as far behind then as it is now. The player keeps that at LIVE_SLACK (Chrome's
+// renderer underflows with 30-90 ms still in hand, so that plus a margin): above it, playing
+// 10% faster spends the rest; below it, playing 10% slower makes room before a stall does.
 //
-// The target starts at LIVE_SLACK, which is enough for most streams (see constants.js for how
-// it was measured). A player that runs dry (a stall) needs more: with audio, Chrome's renderer
-// underflows well before the buffer is empty and then rebuffers for half a second, so each stall
-// raises the target by LIVE_SLACK_STEP, and every SLACK_CALM_MS without one lowers it by
-// LIVE_SLACK_DECAY again: the player finds the least its stream and browser need, and follows it
-// when that changes.
+// The slack depends on the delay now and on arrivals, never on what the player did: a stall
+// (Chrome rebuffers for 200 ms to over a second) or a jump changes the delay, not the arrivals,
+// so what the rebuffer added beyond the worst arrival is caught up at once, and a late arrival
+// is allowed for as long as it is in the window, whether it caused a stall or not. When
+// arrivals are late for a while the slack keeps the room for them; when they are calm again the
+// room goes with the window, so nothing ratchets up over hours of viewing.
 
 import {
+  BUILD_UP_RATE,
   CATCH_UP_RATE,
   FAST_CATCH_UP_ABOVE,
   FAST_CATCH_UP_RATE,
@@ -24,11 +28,8 @@ import {
   JUMP_TARGET,
   START_BEHIND,
   LIVE_SLACK,
-  LIVE_SLACK_DECAY,
   LIVE_SLACK_HYSTERESIS,
-  LIVE_SLACK_MAX,
-  LIVE_SLACK_STEP,
-  SLACK_CALM_MS,
+  SLACK_FIRST_MS,
   SLACK_WINDOW_MS,
 } from './constants.js';
 
@@ -39,34 +40,51 @@ export class LatencyClock {
     this.video = video;
     /** Seconds between the playhead and the end of what is buffered; null when unknown. */
     this.behindLive = null;
-    this.samples = []; // { at: performance.now() ms, behind: seconds }, oldest first
+    /** Media arrivals, oldest first: `at` (wall clock) and `late`, that less the media time
+     *  the arrival continues from, both in seconds; over the last SLACK_WINDOW_MS. */
+    this.arrivals = [];
     this.playing = false; // false until playback starts on this stream
-    /** The least to keep in hand (seconds), raised by stalls, lowered by calm. */
+    /** The least to keep in hand (seconds) at the latest arrival in the window. */
     this.target = LIVE_SLACK;
-    this.calmSince = performance.now();
     this.stalls = 0;
     video.addEventListener('waiting', () => this.stalled());
   }
 
-  /** The player ran dry while playing: keep more in hand from now on. */
+  /** The player ran dry while playing: counted for the figures (the arrivals set the slack). */
   stalled() {
     if (!this.playing || this.video.seeking || !this.video.buffered.length) return;
     this.stalls++;
-    this.target = Math.min(LIVE_SLACK_MAX, this.target + LIVE_SLACK_STEP);
-    this.calmSince = performance.now();
+    const buffered = this.video.buffered;
+    const inHand = buffered.end(buffered.length - 1) - this.video.currentTime;
+    console.info(`lenscast: ran dry with ${Math.round(inHand * 1000)} ms in hand, rebuffering`);
   }
 
-  /** Notes how much the player has in hand (seconds); the least over SLACK_WINDOW_MS is the slack. */
-  note(behind) {
-    const now = performance.now();
-    this.samples.push({ at: now, behind });
-    while (this.samples[0].at < now - SLACK_WINDOW_MS) this.samples.shift();
+  /** Media is about to be appended, with `inHand` seconds left before the buffered end. */
+  note(inHand) {
+    const now = performance.now() / 1000;
+    this.arrivals.push({ at: now, late: now - (this.video.currentTime + inHand) });
+    while (this.arrivals[0].at < now - SLACK_WINDOW_MS / 1000) this.arrivals.shift();
   }
 
-  /** The least the player had in hand lately, in seconds; null before a full window. */
-  get slack() {
-    if (!this.samples.length || this.samples[0].at > performance.now() - SLACK_WINDOW_MS / 2) return null;
-    return Math.min(...this.samples.map((s) => s.behind));
+  /**
+   * What the player would have had in hand at the latest arrival in the window, had it been
+   * as far behind then as now (`end`: the buffered end), in seconds; null before
+   * SLACK_FIRST_MS of arrivals. Media not yet arrived counts as arriving now, so a gap in
+   * arrivals lowers the slack while it lasts.
+   */
+  slackAt(end) {
+    const now = performance.now() / 1000;
+    if (!this.arrivals.length || this.arrivals[0].at > now - SLACK_FIRST_MS / 1000) return null;
+    let latest = now - end;
+    for (const arrival of this.arrivals) latest = Math.max(latest, arrival.late);
+    return now - this.video.currentTime - latest;
+  }
+
+  /** How unevenly media arrived over the window (the latest less the earliest), in seconds. */
+  get jitter() {
+    if (this.arrivals.length < 2) return null;
+    const late = this.arrivals.map((a) => a.late);
+    return Math.max(...late) - Math.min(...late);
   }
 
   /** Measures `buffered` (non-empty) against the playhead, then jumps or changes speed. */
@@ -76,35 +94,37 @@ export class LatencyClock {
     // A viewer joins at the last keyframe, up to a keyframe interval behind: rather than
     // catching up for seconds, it starts near the edge (the browser decodes its way there).
     const starting = !this.playing && !video.paused && !video.seeking;
-    if (starting) this.playing = true;
+    if (starting) {
+      this.playing = true;
+      // What came before is the join's backlog, old media sent at once: it reads as late, but
+      // says nothing of how late live media comes.
+      this.arrivals = [];
+    }
     const limit = starting ? START_BEHIND : JUMP_BEHIND;
     if (end - video.currentTime > limit) {
       console.info(`lenscast: ${(end - video.currentTime).toFixed(1)} s behind, jumping to live`);
       video.currentTime = end - JUMP_TARGET;
       video.playbackRate = 1;
-      this.samples = [];
     }
     const behind = end - video.currentTime;
     this.behindLive = Math.max(0, behind);
     if (video.paused || video.seeking) return;
-    this.note(behind);
-    if (performance.now() - this.calmSince > SLACK_CALM_MS && this.target > LIVE_SLACK) {
-      this.target = Math.max(LIVE_SLACK, this.target - LIVE_SLACK_DECAY);
-      this.calmSince = performance.now();
-    }
-    const slack = this.slack;
+    const slack = this.slackAt(end);
     if (slack === null) return;
-    // Two thresholds, so the rate does not flip back and forth around one.
+    // Two thresholds each way, so the rate does not flip back and forth around one.
+    const target = this.target;
+    const rate = video.playbackRate;
     // Far too much in hand (after a stall, data arrives all at once): catch up faster.
-    if (slack > this.target + FAST_CATCH_UP_ABOVE) video.playbackRate = FAST_CATCH_UP_RATE;
-    else if (slack > this.target + LIVE_SLACK_HYSTERESIS) video.playbackRate = CATCH_UP_RATE;
-    else if (slack <= this.target) video.playbackRate = 1;
+    if (slack > target + FAST_CATCH_UP_ABOVE) video.playbackRate = FAST_CATCH_UP_RATE;
+    else if (slack > target + LIVE_SLACK_HYSTERESIS) video.playbackRate = CATCH_UP_RATE;
+    else if (slack < target - LIVE_SLACK_HYSTERESIS) video.playbackRate = BUILD_UP_RATE;
+    else if (rate > 1 ? slack <= target : rate < 1 && slack >= target) video.playbackRate = 1;
   }
 
   /** Forgets the figure: what is buffered now belongs to a stream that is gone. */
   reset() {
     this.behindLive = null;
-    this.samples = [];
+    this.arrivals = [];
     this.playing = false;
   }
 }

@@ -182,7 +182,9 @@ class SourceBufferQueue {
  *   behindLive: seconds between the playhead and the live edge (see LatencyClock), or null
  *   glassToGlassMs: the latency readout (see GlassReadout), or null
  *   deliveryMs: from the server's broadcast to this page's socket (the latest stamp's), or null
- *   slackTargetMs, stalls: what the player keeps in hand at least, and the stalls that set it
+ *   slackTargetMs: what the player keeps in hand at least when media arrives (see LatencyClock)
+ *   jitterMs: how unevenly media arrived lately (the latest arrival less the earliest), or null
+ *   stalls: how often the player ran dry while playing
  *   reconnects, appendedBytes, autoplayRefused
  */
 export class MsePlayer {
@@ -350,6 +352,8 @@ export class MsePlayer {
     this.state.behindLive = this.clock.behindLive;
     this.state.slackTargetMs = Math.round(this.clock.target * 1000);
     this.state.stalls = this.clock.stalls;
+    const jitter = this.clock.jitter;
+    this.state.jitterMs = jitter === null ? null : Math.round(jitter * 1000);
     if (video.paused && !this.state.autoplayRefused) this.tryPlay();
     this.lastTime = video.currentTime;
     if (this.socket?.readyState === WebSocket.OPEN) {

@@ -44,6 +44,7 @@ function startMse() {
     lenscast.deliveryMs = mse.deliveryMs;
     lenscast.slackTargetMs = mse.slackTargetMs;
     lenscast.stalls = mse.stalls;
+    lenscast.jitterMs = mse.jitterMs;
     lenscast.reconnects = mse.reconnects;
     lenscast.appendedBytes = mse.appendedBytes;
     stage.classList.toggle('audio-only', mse.audioOnly);

@@ -27,6 +27,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import {
   REPO_ROOT,
+  consoleLines,
   describe,
   fakeCameraArgs,
   fetchStatus,
@@ -375,12 +376,15 @@ async function broadcastFigures({ server, presenter, viewer }) {
     delivery: window.lenscast.deliveryMs ?? null,
     slackTarget: window.lenscast.slackTargetMs ?? null,
     stalls: window.lenscast.stalls ?? null,
+    jitter: window.lenscast.jitterMs ?? null,
   }));
   return {
     // The budget, stage by stage: camera to server, server, server to page, page.
     capture_to_arrival_ms_p50: status.latency?.capture_to_arrival_ms_p50 ?? null,
+    capture_to_arrival_ms_p99: status.latency?.capture_to_arrival_ms_p99 ?? null,
     delivery_ms: page.delivery,
     slack_target_ms: page.slackTarget,
+    arrival_jitter_ms: page.jitter,
     stalls: page.stalls,
     presenter_state: await presenter.evaluate(() => window.lenscastPresenter.state),
     presenter_mime: await presenter.evaluate(() => window.lenscastPresenter.mime),
@@ -388,6 +392,7 @@ async function broadcastFigures({ server, presenter, viewer }) {
     server_fps_in: pipeline?.fps_in ?? null,
     server_fps_out: pipeline?.fps_out ?? null,
     server_latency_ms_p50: pipeline?.latency_ms_p50 ?? null,
+    server_latency_ms_p99: pipeline?.latency_ms_p99 ?? null,
     server_frames_dropped: pipeline?.frames_dropped ?? null,
   };
 }
@@ -544,9 +549,11 @@ function printRun({ run, order, floor, lenscast, diff, load_at_start: load }) {
       `${ms(lenscast.server_latency_ms_p50)} ms; recorded ${lenscast.presenter_mime} (floor ${floor.mime})`,
   );
   console.log(
-    `     lenscast budget: capture to server ${ms(lenscast.capture_to_arrival_ms_p50)} ms, server ` +
-      `${ms(lenscast.server_latency_ms_p50)} ms, server to page ${ms(lenscast.delivery_ms)} ms, player in hand ` +
-      `${lenscast.behind_live_p50_s?.toFixed(2)} s (keeps >= ${ms(lenscast.slack_target_ms)} ms after ${lenscast.stalls} stalls)`,
+    `     lenscast budget: capture to server ${ms(lenscast.capture_to_arrival_ms_p50)} ms ` +
+      `(p99 ${ms(lenscast.capture_to_arrival_ms_p99)}), server ${ms(lenscast.server_latency_ms_p50)} ms ` +
+      `(p99 ${ms(lenscast.server_latency_ms_p99)}), server to page ${ms(lenscast.delivery_ms)} ms, player in hand ` +
+      `${lenscast.behind_live_p50_s?.toFixed(2)} s (keeps >= ${ms(lenscast.slack_target_ms)} ms at the latest arrival, ` +
+        `arrival jitter ${ms(lenscast.arrival_jitter_ms)} ms; ${lenscast.stalls} stalls)`,
   );
   if (floor.mime !== lenscast.presenter_mime) {
     console.log(`     WARNING: the floor recorded ${floor.mime}, the presenter ${lenscast.presenter_mime}`);
@@ -595,15 +602,21 @@ async function soak(options, cameraArgs) {
     try {
       // A last part shorter than a minute, for a fractional --soak-minutes.
       const total = options.soakMinutes * 60;
+      let seen = 0; // the viewer's console lines printed so far
       for (let at = 0; at < total - 0.5; at += 60) {
         const result = await measureWindow(broadcast.viewer, 'lenscast', Math.min(60, total - at));
         const figures = await broadcastFigures(broadcast);
         const minute = { minute: minutes.length + 1, load: loadavg(), ...result, ...figures };
         minutes.push(minute);
+        // What the player said it did this minute (stalls, jumps), for reading a bad minute.
+        const said = consoleLines(broadcast.viewer);
+        for (const line of said.slice(seen)) if (line.includes('lenscast: ')) console.log(`  viewer ${line}`);
+        seen = said.length;
         console.log(
           `minute ${minute.minute}: p50 ${ms(minute.p50_ms)} ms p90 ${ms(minute.p90_ms)} ms n ${minute.n}; ` +
             `fps ${fps(minute.fps)}; readout p50 ${ms(minute.readout_p50_ms)} ms; behind live ` +
-            `${minute.behind_live_p50_s?.toFixed(2)} s; reconnects ${minute.reconnects}; presenter ` +
+            `${minute.behind_live_p50_s?.toFixed(2)} s; jitter ${ms(minute.arrival_jitter_ms)} ms; stalls ${minute.stalls}; upload p99 ` +
+            `${ms(minute.capture_to_arrival_ms_p99)} ms; reconnects ${minute.reconnects}; presenter ` +
             `${minute.presenter_state}; CPU busy ${pct(minute.cpu_busy)} (ours ${pct(minute.cpu_ours)}); load ` +
             `${minute.load.join(' ')}`,
         );
