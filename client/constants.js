@@ -153,10 +153,10 @@ export const JUMP_TARGET = 0.2;
 /** Seconds the player keeps in hand at its lowest (just before the latest arrival of the last
  *  SLACK_WINDOW_MS, see latency-clock.js): room for what Chrome's renderer keeps (it underflows
  *  with 30-90 ms in hand) and for jitter beyond the window's. Measured when the window was 3 s: a
- *  presenter's stream (100 ms recorder chunks, video and audio) in headless Chromium, 60 s after
- *  the join, 3 runs each: 0.06 stalled twice a minute (p50 402-486 ms, p90 760-784 ms glass to
- *  glass), 0.16 at most once (p50 380-444 ms, p90 394-458 ms); 0.12 stalled in 2 of 4 20 s
- *  runs. A stall costs more than the slack it saves: Chrome rebuffers for 200-500 ms. */
+ *  presenter's stream (then in 100 ms recorder chunks, video and audio) in headless Chromium,
+ *  60 s after the join, 3 runs each: 0.06 stalled twice a minute (p50 402-486 ms, p90 760-784
+ *  ms glass to glass), 0.16 at most once (p50 380-444 ms, p90 394-458 ms); 0.12 stalled in 2 of
+ *  4 20 s runs. A stall costs more than the slack it saves: Chrome rebuffers for 200-500 ms. */
 export const LIVE_SLACK = 0.16;
 /** Slack above (below) the target that is tolerated before speeding up (slowing down), so the
  *  rate does not flip. */
@@ -238,8 +238,11 @@ export const GLASS_STAMPS_KEPT = 16;
 
 // ## The presenter: recorder and upload
 
-/** How often the recorder hands over a chunk: bounds the upload's delay. */
-export const TIMESLICE_MS = 100;
+/** How often the recorder hands over a chunk: an encoded frame waits up to this long in the
+ *  recorder before it can be uploaded, so less than a frame interval. `make bench-latency`,
+ *  5 runs each, 2026-12-03: 100 ms gave capture to server p50 130-147 ms and glass to glass
+ *  p50 404-497 ms; 20 ms gave 83-113 ms and 350-448 ms (the floor moved as much). */
+export const TIMESLICE_MS = 20;
 /** Viewers join at keyframes and the server follows the presenter's, so this bounds a join. */
 export const KEYFRAME_INTERVAL_MS = 1000;
 /** The recorder's video bitrate. */

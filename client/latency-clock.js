@@ -4,13 +4,14 @@
 // newer exists yet.
 //
 // How much it needs in hand depends on how unevenly media arrives (the presenter's recorder
-// hands over a chunk every 100 ms; a busy presenter, network or server add jitter), so the clock
-// measures it instead of guessing. For each append it notes how late the new media came: the
-// wall-clock time less the media time it continues from. The latest arrival over the last
-// SLACK_WINDOW_MS sets the slack: what the player would have had in hand when that arrival came,
-// had it been as far behind then as it is now. The player keeps that at LIVE_SLACK (Chrome's
-// renderer underflows with 30-90 ms still in hand, so that plus a margin): above it, playing
-// 10% faster spends the rest; below it, playing 10% slower makes room before a stall does.
+// hands over a chunk every TIMESLICE_MS; a busy presenter, network or server add jitter), so
+// the clock measures it instead of guessing. For each append it notes how late the new media
+// came: the wall-clock time less the media time it continues from. The latest arrival over the
+// last SLACK_WINDOW_MS sets the slack: what the player would have had in hand when that arrival
+// came, had it been as far behind then as it is now. The player keeps that at LIVE_SLACK
+// (Chrome's renderer underflows with 30-90 ms still in hand, so that plus a margin): above it,
+// playing 10% faster spends the rest; below it, playing 10% slower makes room before a stall
+// does.
 //
 // The slack depends on the delay now and on arrivals, never on what the player did: a stall
 // (Chrome rebuffers for 200 ms to over a second) or a jump changes the delay, not the arrivals,

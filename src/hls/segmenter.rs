@@ -53,7 +53,8 @@ const TIME_BASE: Rational = Rational(1, 1000);
 
 /// The longest a picture waits for the audio up to its time (or audio for the pictures): a
 /// source whose audio stalls (or whose pictures do) must not stall the mirror. Well above how
-/// far apart the two arrive from a live source (a recorder chunk, 100 ms here).
+/// far apart the two arrive from a live source (a recorder chunk: 20 ms from our presenter page,
+/// up to a second from other tools).
 const MAX_INTERLEAVE_WAIT_US: i64 = 500_000;
 
 /// What the segmenter has completed, in publishing order.
