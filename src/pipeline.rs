@@ -617,13 +617,19 @@ impl Worker {
         let writer = &mut encoding.writer;
         let mut first_at = None;
         let mut last_at = None;
-        let encoded = encoding
-            .encoder
-            .encode(&mut picture, time, |at, keyframe, bytes| {
-                first_at.get_or_insert(at);
-                last_at = Some(at);
-                writer.video(at, keyframe, bytes, &mut out);
-            });
+        // After a gap a player would drop frames up to the next keyframe: start one here.
+        let restart = writer.needs_keyframe(time);
+        if restart {
+            tracing::debug!(at = ?time, "a gap in the frames: this one is made a keyframe");
+        }
+        let encoded =
+            encoding
+                .encoder
+                .encode(&mut picture, time, restart, |at, keyframe, bytes| {
+                    first_at.get_or_insert(at);
+                    last_at = Some(at);
+                    writer.video(at, keyframe, bytes, &mut out);
+                });
         if let Err(error) = encoded {
             tracing::error!(%error, "VP8 encode failed");
             return;

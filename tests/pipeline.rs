@@ -171,6 +171,98 @@ async fn keyframes_come_at_the_configured_spacing() {
     }
 }
 
+/// ffprobe's video packets of a viewer stream: (pts, duration, keyframe), in ms.
+fn video_packets_with_durations(bytes: &[u8]) -> Vec<(i64, Option<i64>, bool)> {
+    let mut file = tempfile::Builder::new().suffix(".webm").tempfile().unwrap();
+    std::io::Write::write_all(&mut file, bytes).unwrap();
+    let output = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v"])
+        .args([
+            "-show_entries",
+            "packet=pts,duration,flags",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(file.path())
+        .output()
+        .expect("ffprobe runs");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split(',');
+            let pts = parts.next()?.parse().ok()?;
+            let duration = parts.next()?.parse().ok();
+            Some((pts, duration, parts.next()?.starts_with('K')))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_frame_says_how_long_it_lasts_and_a_gap_starts_with_a_keyframe() {
+    // Keyframes only where the writer asks for them, within this test.
+    let config = PipelineConfig {
+        keyframe_interval: Duration::from_secs(30),
+        ..PipelineConfig::default()
+    };
+    let server = start_annotating(None, config, HttpConfig::default()).await;
+    let viewer = tokio::spawn(ws_collect(server.addr, Duration::from_secs(5)));
+    // 20 frames 33 ms apart, a 660 ms pause (a camera or recorder that stalled), 25 more.
+    let frames = frames_of("vp8.webm");
+    assert!(
+        frames.len() >= 45 && frames[0].1,
+        "vp8.webm: {} frames",
+        frames.len()
+    );
+    let stream = webm_stream(
+        1_000_000,
+        &[(0, &frames[..20]), (1287, &frames[20..45])],
+        33,
+    );
+    let mut presenter = connect_presenter(server.addr, &format!("token={TOKEN}"))
+        .await
+        .unwrap_or_else(|code| panic!("refused with {code}"));
+    assert!(publish(&mut presenter, &paced_pieces(&stream), true)
+        .await
+        .is_none());
+    let received = viewer.await.unwrap();
+    assert_decodes_from_start("viewer", &received.bytes);
+    let packets = video_packets_with_durations(&received.bytes);
+    assert!(packets.len() >= 40, "{packets:?}");
+    // A browser's WebM parser holds back a frame without a duration until the next arrives.
+    for (pts, duration, _) in &packets {
+        assert!(
+            duration.is_some_and(|d| (1..=250).contains(&d)),
+            "frame at {pts} ms has duration {duration:?}: {packets:?}"
+        );
+    }
+    let pause = packets
+        .windows(2)
+        .position(|w| w[1].0 - w[0].0 > 500)
+        .unwrap_or_else(|| panic!("the pause is in the output: {packets:?}"));
+    let (before, after) = (packets[pause], packets[pause + 1]);
+    // The frame after the pause comes after more than twice the last one's duration, which
+    // MSE takes for a discontinuity: it must be a keyframe, or players wait for the next one.
+    assert!(
+        after.0 - before.0 > 2 * before.1.unwrap(),
+        "{before:?} {after:?}"
+    );
+    assert!(
+        after.2,
+        "the frame after the pause is a keyframe: {packets:?}"
+    );
+    // Steady frames are declared to last about their spacing, and need no keyframe.
+    let keyframes: Vec<i64> = packets.iter().filter(|p| p.2).map(|p| p.0).collect();
+    assert_eq!(keyframes, vec![packets[0].0, after.0], "{packets:?}");
+    let steady = &packets[pause + 2..pause + 20];
+    for w in steady.windows(2) {
+        let spacing = w[1].0 - w[0].0;
+        assert!(
+            w[0].1.unwrap() >= spacing && w[0].1.unwrap() <= 2 * spacing,
+            "{w:?}: {packets:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_presenter_reconnect_keeps_the_viewer_stream_continuous() {
     let server = start_annotating(None, PipelineConfig::default(), HttpConfig::default()).await;

@@ -3,7 +3,8 @@
 //! Settings from PLATFORM.md: `deadline=realtime`, `cpu-used=8`, `lag-in-frames=0` (libvpx
 //! must not hold frames back to look ahead), time base 1/1000 so pts are milliseconds.
 //! Keyframes are forced every `keyframe_interval` by marking the picture as an I frame, so
-//! new viewers never wait longer than that for a join point.
+//! new viewers never wait longer than that for a join point, and where the caller asks (after
+//! a gap that players read as a discontinuity, see the WebM writer).
 
 use std::time::Duration;
 
@@ -78,20 +79,23 @@ impl Vp8Encoder {
 
     /// Encodes one picture at `time` and hands what libvpx produced (with `lag-in-frames=0`,
     /// normally exactly this frame) to `out` as (time, keyframe, bytes), straight from
-    /// FFmpeg's packet without a copy.
+    /// FFmpeg's packet without a copy. `keyframe` forces a keyframe (one is also made every
+    /// keyframe interval).
     pub fn encode(
         &mut self,
         picture: &mut VideoFrame,
         time: MediaTime,
+        keyframe: bool,
         mut out: impl FnMut(MediaTime, bool, &[u8]),
     ) -> Result<(), EncodeError> {
         let pts = time.as_millis();
         let pts = self.last_pts.map_or(pts, |last| pts.max(last + 1));
         self.last_pts = Some(pts);
         let time = MediaTime::from_millis(pts);
-        let due = self
-            .last_keyframe
-            .is_none_or(|last| time - last >= self.keyframe_interval);
+        let due = keyframe
+            || self
+                .last_keyframe
+                .is_none_or(|last| time - last >= self.keyframe_interval);
         picture.set_kind(if due {
             ffmpeg::picture::Type::I
         } else {

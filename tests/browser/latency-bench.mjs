@@ -538,8 +538,13 @@ function printRun({ run, order, floor, lenscast, diff, load_at_start: load }) {
   );
   // The rest, floor / lenscast: enough to tell a slow run from a noisy machine.
   const both = (f) => `${f(floor)}/${f(lenscast)}`;
+  // The stamp age less what the player holds: how old the newest buffered media is, which
+  // tells the path to the buffer (recorder, upload, server, parser) from the player's slack.
+  const ageAtEnd = (r) =>
+    r.p50_ms === null || r.behind_live_p50_s === null ? null : r.p50_ms - r.behind_live_p50_s * 1000;
   console.log(
-    `     n ${both((r) => r.n)}; behind live ${both((r) => r.behind_live_p50_s?.toFixed(2))} s; catching up ` +
+    `     n ${both((r) => r.n)}; behind live ${both((r) => r.behind_live_p50_s?.toFixed(2))} s; age at the ` +
+      `buffered end ${both((r) => ms(ageAtEnd(r)))} ms; catching up ` +
       `${both((r) => pct(r.catching_up))}; CPU busy ${both((r) => pct(r.cpu_busy))} (ours ` +
       `${both((r) => pct(r.cpu_ours))}); load ${load.join(' ')}`,
   );

@@ -37,6 +37,7 @@ pub mod id {
     pub const BLOCK_GROUP: u32 = 0xA0;
     pub const BLOCK: u32 = 0xA1;
     pub const REFERENCE_BLOCK: u32 = 0xFB;
+    pub const BLOCK_DURATION: u32 = 0x9B;
     pub const CUES: u32 = 0x1C53_BB6B;
     pub const CHAPTERS: u32 = 0x1043_A770;
     pub const TAGS: u32 = 0x1254_C367;
@@ -239,6 +240,20 @@ pub fn write_uint(out: &mut Vec<u8>, id: u32, value: u64) {
     out.extend_from_slice(&value.to_be_bytes()[8 - len..]);
 }
 
+/// Appends a signed integer element in the fewest bytes (two's complement, at least one).
+pub fn write_int(out: &mut Vec<u8>, id: u32, value: i64) {
+    // The sign bit of the first byte kept must be the value's sign.
+    let redundant = if value < 0 {
+        value.leading_ones()
+    } else {
+        value.leading_zeros()
+    };
+    let len = (8 - (redundant.saturating_sub(1) / 8) as usize).max(1);
+    write_id(out, id);
+    write_size(out, len as u64);
+    out.extend_from_slice(&value.to_be_bytes()[8 - len..]);
+}
+
 /// Appends an element with the given payload.
 pub fn write_element(out: &mut Vec<u8>, id: u32, payload: &[u8]) {
     write_id(out, id);
@@ -266,6 +281,23 @@ pub fn void_in_place(element: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signed_integers_are_written_in_the_fewest_bytes() {
+        let written = |value| {
+            let mut out = Vec::new();
+            write_int(&mut out, id::REFERENCE_BLOCK, value);
+            out
+        };
+        assert_eq!(written(0), [0xFB, 0x81, 0x00]);
+        assert_eq!(written(-1), [0xFB, 0x81, 0xFF]);
+        assert_eq!(written(-33), [0xFB, 0x81, 0xDF]);
+        assert_eq!(written(127), [0xFB, 0x81, 0x7F]);
+        assert_eq!(written(128), [0xFB, 0x82, 0x00, 0x80]);
+        assert_eq!(written(-128), [0xFB, 0x81, 0x80]);
+        assert_eq!(written(-129), [0xFB, 0x82, 0xFF, 0x7F]);
+        assert_eq!(written(i64::MIN).len(), 10);
+    }
 
     #[test]
     fn ids_keep_their_marker_bits() {

@@ -101,6 +101,8 @@ pub struct Block {
     /// `timecode` in the stream's TimestampScale: the block's time on its source's clock.
     pub time: MediaTime,
     pub keyframe: bool,
+    /// A BlockGroup's BlockDuration, in timestamp ticks (a SimpleBlock has none).
+    pub duration: Option<u64>,
     /// The whole SimpleBlock or BlockGroup element as received (header included).
     pub bytes: Bytes,
     /// Where the frame data starts inside the Block payload (after track, timecode, flags).
@@ -638,6 +640,7 @@ fn parse_block(
 ) -> Result<Block, WebmError> {
     let payload = &bytes[header.len..];
     // For a BlockGroup, the frame lives in its Block child; no ReferenceBlock means keyframe.
+    let mut duration = None;
     let (block_payload, keyframe_from_group) = if header.id == id::BLOCK_GROUP {
         let mut block = None;
         let mut has_reference = false;
@@ -646,6 +649,7 @@ fn parse_block(
             match child_id {
                 id::BLOCK => block = Some(value),
                 id::REFERENCE_BLOCK => has_reference = true,
+                id::BLOCK_DURATION => duration = Some(ebml::read_uint(value)?),
                 _ => {}
             }
         }
@@ -679,6 +683,7 @@ fn parse_block(
         timecode,
         time,
         keyframe,
+        duration,
         bytes,
         frame_start,
         frame_end,

@@ -3,7 +3,19 @@
 //! libavformat's WebM muxer writes every Cluster with a known size, so it holds a whole Cluster
 //! (about one keyframe interval, ~1 s) before emitting anything (see PLATFORM.md). A live
 //! stream cannot wait that long, so we write the EBML ourselves: a Segment and Clusters of
-//! unknown size, a new Cluster at each video keyframe, one SimpleBlock per frame.
+//! unknown size, a new Cluster at each video keyframe, one block per frame.
+//!
+//! Each video frame is a BlockGroup with a BlockDuration, not a bare SimpleBlock: a browser's
+//! WebM parser (Chromium's `WebMClusterParser`) holds back a block that has no duration until
+//! the next block of its track arrives, to learn how long it lasts, and holds every other track
+//! back to the same time. Without a duration each frame would reach the player one frame
+//! interval late (33 ms at 30 fps, more at lower rates). The duration we declare is the longest
+//! interval between the last second's frames (no live writer can know the next frame's time),
+//! gaps left out: a frame that lasts longer than the media after it reads as media in hand.
+//! The MSE spec (coded frame processing) reads a frame more than twice the previous frame's
+//! duration after it as a discontinuity, and Chromium then drops frames up to the next
+//! keyframe, so [`LiveWriter::needs_keyframe`] tells the encoder to start anew after such a gap.
+//! Opus blocks stay SimpleBlocks: parsers read an Opus packet's duration from the packet.
 //!
 //! Audio blocks wait in a short queue until video has caught up with them, so blocks leave
 //! in timestamp order (the video path is a few ms behind the audio path because of encoding).
@@ -28,6 +40,14 @@ const MAX_AUDIO_HOLD: MediaTime = MediaTime::from_millis(500);
 /// Our output's TimestampScale: 1 ms, what every WebM player expects.
 const SCALE: TimestampScale = TimestampScale::MILLISECOND;
 
+/// How far back the frame intervals go that set a video block's duration.
+const DURATION_WINDOW: MediaTime = MediaTime::from_millis(1000);
+/// The first video block's duration, before any interval is known.
+const FIRST_DURATION: MediaTime = MediaTime::from_millis(100);
+/// The longest duration a video block is given (a source of 2 frames a second): the player
+/// takes a block's duration for media it holds, so a long one would read as media in hand.
+const MAX_DURATION: MediaTime = MediaTime::from_millis(500);
+
 /// The audio track we pass through: Opus as it came from the upload.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AudioTrack {
@@ -51,7 +71,11 @@ pub struct LiveWriter {
     /// Timestamp (ms ticks) of the open Cluster, if one is open.
     cluster: Option<i64>,
     pending_audio: VecDeque<(MediaTime, Bytes)>,
-    last_video: Option<i64>,
+    /// Ticks of the last video block and the duration (ticks) it was given.
+    last_video: Option<(i64, i64)>,
+    /// Intervals between video frames over the last DURATION_WINDOW: (ticks of the later
+    /// frame, interval in ticks), oldest first.
+    intervals: VecDeque<(i64, i64)>,
 }
 
 impl LiveWriter {
@@ -62,6 +86,7 @@ impl LiveWriter {
             cluster: None,
             pending_audio: VecDeque::new(),
             last_video: None,
+            intervals: VecDeque::new(),
         }
     }
 
@@ -146,12 +171,26 @@ impl LiveWriter {
         }))
     }
 
+    /// True if a video frame at `time` must be a keyframe for players to take it at once: it
+    /// comes more than twice the last frame's declared duration after that frame, which MSE
+    /// reads as a discontinuity (Chromium then drops what follows up to the next keyframe).
+    pub fn needs_keyframe(&self, time: MediaTime) -> bool {
+        self.last_video
+            .is_some_and(|(last, duration)| time.as_ticks(SCALE) - last > 2 * duration)
+    }
+
     /// Writes one encoded video frame (after any audio it has caught up with) into `out`.
     pub fn video(&mut self, time: MediaTime, keyframe: bool, frame: &[u8], out: &mut Vec<Output>) {
         let ticks = time.as_ticks(SCALE);
         // A block's time must not go back within the video track.
-        let ticks = self.last_video.map_or(ticks, |last| ticks.max(last + 1));
-        self.last_video = Some(ticks);
+        let ticks = self
+            .last_video
+            .map_or(ticks, |(last, _)| ticks.max(last + 1));
+        let previous = self.last_video.map(|(last, _)| last);
+        // A gap the player takes for a discontinuity is not the stream's pace.
+        let paced = previous.filter(|_| !self.needs_keyframe(MediaTime::from_millis(ticks)));
+        let duration = self.duration_after(paced, ticks);
+        self.last_video = Some((ticks, duration));
         let video_time = MediaTime::from_millis(ticks);
         self.flush_audio(out, |t| t <= video_time);
         let opened = if keyframe || !self.fits_cluster(ticks) {
@@ -160,7 +199,9 @@ impl LiveWriter {
             None
         };
         if self.cluster.is_some() {
-            let block = self.block(VIDEO_TRACK, ticks, keyframe, frame);
+            // A keyframe refers to nothing; any other frame to the one before it.
+            let reference = previous.filter(|_| !keyframe).map(|last| last - ticks);
+            let block = self.video_block(ticks, duration, reference, frame);
             if let Some(head) = opened {
                 out.push(head);
             }
@@ -174,7 +215,9 @@ impl LiveWriter {
             return;
         }
         self.pending_audio.push_back((time, frame));
-        let video = self.last_video.map(MediaTime::from_millis);
+        let video = self
+            .last_video
+            .map(|(last, _)| MediaTime::from_millis(last));
         self.flush_audio(out, |t| {
             video.is_some_and(|v| t <= v) || time - t > MAX_AUDIO_HOLD
         });
@@ -195,7 +238,7 @@ impl LiveWriter {
                 let head = self.open_cluster(ticks, false);
                 out.push(head);
             }
-            out.push(Output::Block(self.block(AUDIO_TRACK, ticks, true, &frame)));
+            out.push(Output::Block(self.simple_block(AUDIO_TRACK, ticks, &frame)));
         }
     }
 
@@ -218,18 +261,72 @@ impl LiveWriter {
         }
     }
 
-    /// One SimpleBlock. The frame is copied once, here, into the bytes every viewer shares.
-    fn block(&self, track: u64, ticks: i64, keyframe: bool, frame: &[u8]) -> Bytes {
-        let cluster = self.cluster.expect("a Cluster is open");
-        let relative = (ticks - cluster) as i16;
+    /// The duration (ticks) of a video frame at `ticks`, `previous` being the frame before it
+    /// unless a gap parted them: the longest interval over the last DURATION_WINDOW (the last
+    /// frame's duration when a gap emptied it), at least 1 and at most MAX_DURATION.
+    fn duration_after(&mut self, previous: Option<i64>, ticks: i64) -> i64 {
+        if let Some(previous) = previous {
+            self.intervals.push_back((ticks, ticks - previous));
+        }
+        let since = ticks - DURATION_WINDOW.as_ticks(SCALE);
+        while self.intervals.front().is_some_and(|&(at, _)| at < since) {
+            self.intervals.pop_front();
+        }
+        let longest = self.intervals.iter().map(|&(_, interval)| interval).max();
+        longest
+            .or(self.last_video.map(|(_, duration)| duration))
+            .unwrap_or(FIRST_DURATION.as_ticks(SCALE))
+            .clamp(1, MAX_DURATION.as_ticks(SCALE))
+    }
+
+    /// An audio frame as a SimpleBlock (every Opus frame is a keyframe). The frame is copied
+    /// once, here, into the bytes every viewer shares.
+    fn simple_block(&self, track: u64, ticks: i64, frame: &[u8]) -> Bytes {
         let mut out = Vec::with_capacity(frame.len() + 12);
         ebml::write_id(&mut out, id::SIMPLE_BLOCK);
         ebml::write_size(&mut out, frame.len() as u64 + 4);
-        out.push(0x80 | track as u8); // track number as a 1-byte VINT
-        out.extend_from_slice(&relative.to_be_bytes());
-        out.push(if keyframe { 0x80 } else { 0x00 });
+        self.block_header(&mut out, track, ticks, 0x80);
         out.extend_from_slice(frame);
         Bytes::from(out)
+    }
+
+    /// A video frame as a BlockGroup: the Block, its BlockDuration and, unless it is a
+    /// keyframe, a ReferenceBlock to the frame before (`reference`, relative ticks).
+    fn video_block(
+        &self,
+        ticks: i64,
+        duration: i64,
+        reference: Option<i64>,
+        frame: &[u8],
+    ) -> Bytes {
+        let mut tail = Vec::with_capacity(8);
+        ebml::write_uint(&mut tail, id::BLOCK_DURATION, duration as u64);
+        if let Some(reference) = reference {
+            ebml::write_int(&mut tail, id::REFERENCE_BLOCK, reference);
+        }
+        let block_size = frame.len() as u64 + 4;
+        let mut block_head = Vec::with_capacity(16);
+        ebml::write_id(&mut block_head, id::BLOCK);
+        ebml::write_size(&mut block_head, block_size);
+        let group_size = block_head.len() as u64 + block_size + tail.len() as u64;
+        let mut out = Vec::with_capacity(group_size as usize + 9);
+        ebml::write_id(&mut out, id::BLOCK_GROUP);
+        ebml::write_size(&mut out, group_size);
+        out.extend_from_slice(&block_head);
+        // A Block's flags have no keyframe bit: the ReferenceBlock says it.
+        self.block_header(&mut out, VIDEO_TRACK, ticks, 0x00);
+        out.extend_from_slice(frame);
+        out.extend_from_slice(&tail);
+        Bytes::from(out)
+    }
+
+    /// The 4 bytes every block starts with: track, time relative to the Cluster, flags.
+    fn block_header(&self, out: &mut Vec<u8>, track: u64, ticks: i64, flags: u8) {
+        let cluster = self.cluster.expect("a Cluster is open");
+        let relative = (ticks - cluster) as i16;
+        out.push(0x80 | track as u8); // track number as a 1-byte VINT
+        out.extend_from_slice(&relative.to_be_bytes());
+        out.push(flags);
     }
 }
 
@@ -290,5 +387,58 @@ mod tests {
         let video: Vec<_> = blocks.iter().filter(|b| b.0 == VIDEO_TRACK).collect();
         assert_eq!(video.len(), 30);
         assert!(video[0].2 && video[15].2 && !video[1].2);
+    }
+
+    #[test]
+    fn video_frames_last_the_longest_recent_interval_and_a_gap_asks_for_a_keyframe() {
+        let mut writer = LiveWriter::new(OutputTracks {
+            width: 64,
+            height: 48,
+            audio: None,
+        });
+        let mut outputs = vec![writer.init()];
+        // 30 fps with the unevenness of a browser's timers.
+        let mut times = vec![0i64];
+        for i in 0..39 {
+            times.push(times[i] + [30, 36, 33][i % 3]);
+        }
+        for (i, &t) in times.iter().enumerate() {
+            assert!(!writer.needs_keyframe(ms(t)), "frame {i} at {t} ms");
+            writer.video(ms(t), i == 0, b"vp8 frame", &mut outputs);
+        }
+        // Over twice the last frame's 36 ms is a discontinuity to a player.
+        let last = *times.last().unwrap();
+        assert!(!writer.needs_keyframe(ms(last + 72)));
+        assert!(writer.needs_keyframe(ms(last + 73)));
+        writer.video(ms(last + 600), true, b"vp8 keyframe", &mut outputs);
+        writer.video(ms(last + 633), false, b"vp8 frame", &mut outputs);
+        // A pause longer than the window: the pace is the one from before.
+        assert!(writer.needs_keyframe(ms(last + 2133)));
+        writer.video(ms(last + 2133), true, b"vp8 keyframe", &mut outputs);
+
+        let mut stream = Vec::new();
+        for output in &outputs {
+            stream.extend_from_slice(output.bytes());
+        }
+        let mut reader = StreamReader::new();
+        reader.push(&stream);
+        let mut blocks = Vec::new();
+        while let Some(event) = reader.next_event().unwrap() {
+            if let Event::Block(b) = event {
+                blocks.push((b.timecode, b.duration, b.keyframe));
+            }
+        }
+        assert_eq!(blocks.len(), 43, "{blocks:?}");
+        // The first frame has no interval yet; then the longest of the last second's.
+        assert_eq!(blocks[0], (0, Some(100), true));
+        assert_eq!(blocks[1], (30, Some(30), false));
+        assert!(
+            blocks[2..40].iter().all(|b| b.1 == Some(36) && !b.2),
+            "{blocks:?}"
+        );
+        // The gap is not the pace: the frames after it last as long as those before.
+        assert_eq!(blocks[40], (last + 600, Some(36), true));
+        assert_eq!(blocks[41], (last + 633, Some(36), false));
+        assert_eq!(blocks[42], (last + 2133, Some(36), true));
     }
 }
