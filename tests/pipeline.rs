@@ -171,32 +171,6 @@ async fn keyframes_come_at_the_configured_spacing() {
     }
 }
 
-/// ffprobe's video packets of a viewer stream: (pts, duration, keyframe), in ms.
-fn video_packets_with_durations(bytes: &[u8]) -> Vec<(i64, Option<i64>, bool)> {
-    let mut file = tempfile::Builder::new().suffix(".webm").tempfile().unwrap();
-    std::io::Write::write_all(&mut file, bytes).unwrap();
-    let output = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v"])
-        .args([
-            "-show_entries",
-            "packet=pts,duration,flags",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(file.path())
-        .output()
-        .expect("ffprobe runs");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| {
-            let mut parts = line.split(',');
-            let pts = parts.next()?.parse().ok()?;
-            let duration = parts.next()?.parse().ok();
-            Some((pts, duration, parts.next()?.starts_with('K')))
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_frame_says_how_long_it_lasts_and_a_gap_starts_with_a_keyframe() {
     // Keyframes only where the writer asks for them, within this test.
@@ -226,7 +200,7 @@ async fn every_frame_says_how_long_it_lasts_and_a_gap_starts_with_a_keyframe() {
         .is_none());
     let received = viewer.await.unwrap();
     assert_decodes_from_start("viewer", &received.bytes);
-    let packets = video_packets_with_durations(&received.bytes);
+    let packets = packets_with_durations(&received.bytes, "v");
     assert!(packets.len() >= 40, "{packets:?}");
     // A browser's WebM parser holds back a frame without a duration until the next arrives.
     for (pts, duration, _) in &packets {

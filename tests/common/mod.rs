@@ -272,19 +272,26 @@ pub fn ffmpeg_errors(bytes: &[u8]) -> String {
     stderr
 }
 
-/// ffprobe's per-packet (stream index, pts, flags) for the given stream type (`v` or `a`).
+/// ffprobe's per-packet (pts, keyframe) for the given stream type (`v` or `a`).
 pub fn packets(bytes: &[u8], stream: &str) -> Vec<(i64, bool)> {
+    packets_with_durations(bytes, stream)
+        .into_iter()
+        .map(|(pts, _, key)| (pts, key))
+        .collect()
+}
+
+/// ffprobe's per-packet (pts, duration if any, keyframe) for the given stream type (`v` or
+/// `a`), in the stream's time base (ms for ours).
+pub fn packets_with_durations(bytes: &[u8], stream: &str) -> Vec<(i64, Option<i64>, bool)> {
     let file = write_temp(bytes);
     let output = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", stream])
         .args([
-            "-v",
-            "error",
-            "-select_streams",
-            stream,
             "-show_entries",
-            "packet=pts,flags",
+            "packet=pts,duration,flags",
+            "-of",
+            "csv=p=0",
         ])
-        .args(["-of", "csv=p=0"])
         .arg(file.path())
         .output()
         .expect("ffprobe runs");
@@ -293,8 +300,9 @@ pub fn packets(bytes: &[u8], stream: &str) -> Vec<(i64, bool)> {
         .filter_map(|line| {
             let mut parts = line.split(',');
             let pts = parts.next()?.parse().ok()?;
+            let duration = parts.next()?.parse().ok();
             let flags = parts.next().unwrap_or("");
-            Some((pts, flags.starts_with('K')))
+            Some((pts, duration, flags.starts_with('K')))
         })
         .collect()
 }

@@ -339,6 +339,15 @@ mod tests {
         MediaTime::from_millis(v)
     }
 
+    /// What our reader finds in the writer's `outputs`, sent one after the other.
+    fn read_back(outputs: &[Output]) -> Vec<Event> {
+        let mut reader = StreamReader::new();
+        for output in outputs {
+            reader.push(output.bytes());
+        }
+        std::iter::from_fn(|| reader.next_event().unwrap()).collect()
+    }
+
     #[test]
     fn clusters_start_at_keyframes_and_audio_interleaves_in_order() {
         let mut writer = LiveWriter::new(OutputTracks {
@@ -367,15 +376,9 @@ mod tests {
             })
             .collect();
         assert_eq!(starts, vec![true, true]);
-        let mut stream = Vec::new();
-        for output in &outputs {
-            stream.extend_from_slice(output.bytes());
-        }
-        let mut reader = StreamReader::new();
-        reader.push(&stream);
         let mut clusters = Vec::new();
         let mut blocks = Vec::new();
-        while let Some(event) = reader.next_event().unwrap() {
+        for event in read_back(&outputs) {
             match event {
                 Event::ClusterStart { timecode, .. } => clusters.push(timecode),
                 Event::Block(b) => blocks.push((b.track, b.timecode, b.keyframe)),
@@ -416,18 +419,13 @@ mod tests {
         assert!(writer.needs_keyframe(ms(last + 2133)));
         writer.video(ms(last + 2133), true, b"vp8 keyframe", &mut outputs);
 
-        let mut stream = Vec::new();
-        for output in &outputs {
-            stream.extend_from_slice(output.bytes());
-        }
-        let mut reader = StreamReader::new();
-        reader.push(&stream);
-        let mut blocks = Vec::new();
-        while let Some(event) = reader.next_event().unwrap() {
-            if let Event::Block(b) = event {
-                blocks.push((b.timecode, b.duration, b.keyframe));
-            }
-        }
+        let blocks: Vec<_> = read_back(&outputs)
+            .into_iter()
+            .filter_map(|event| match event {
+                Event::Block(b) => Some((b.timecode, b.duration, b.keyframe)),
+                _ => None,
+            })
+            .collect();
         assert_eq!(blocks.len(), 43, "{blocks:?}");
         // The first frame has no interval yet; then the longest of the last second's.
         assert_eq!(blocks[0], (0, Some(100), true));
