@@ -175,8 +175,13 @@ impl LiveWriter {
     /// comes more than twice the last frame's declared duration after that frame, which MSE
     /// reads as a discontinuity (Chromium then drops what follows up to the next keyframe).
     pub fn needs_keyframe(&self, time: MediaTime) -> bool {
+        self.parted_at(time.as_ticks(SCALE))
+    }
+
+    /// True if a gap over twice the last video block's duration comes before `ticks`.
+    fn parted_at(&self, ticks: i64) -> bool {
         self.last_video
-            .is_some_and(|(last, duration)| time.as_ticks(SCALE) - last > 2 * duration)
+            .is_some_and(|(last, duration)| ticks - last > 2 * duration)
     }
 
     /// Writes one encoded video frame (after any audio it has caught up with) into `out`.
@@ -188,7 +193,7 @@ impl LiveWriter {
             .map_or(ticks, |(last, _)| ticks.max(last + 1));
         let previous = self.last_video.map(|(last, _)| last);
         // A gap the player takes for a discontinuity is not the stream's pace.
-        let paced = previous.filter(|_| !self.needs_keyframe(MediaTime::from_millis(ticks)));
+        let paced = previous.filter(|_| !self.parted_at(ticks));
         let duration = self.duration_after(paced, ticks);
         self.last_video = Some((ticks, duration));
         let video_time = MediaTime::from_millis(ticks);
