@@ -228,7 +228,10 @@ export class MsePlayer {
     // Chrome says it is waiting for data when it reaches a gap: jump at once, not a tick later.
     video.addEventListener('waiting', () => this.queue && !video.seeking && this.skipGap(video.buffered, true));
     // A decode error leaves the element dead; a fresh MediaSource from a keyframe recovers.
-    video.addEventListener('error', () => this.queue && this.reconnect(`media error ${video.error?.code}`));
+    // Chromium's message names the cause (e.g. a block out of time order), for the console.
+    video.addEventListener('error', () => {
+      if (this.queue) this.reconnect(`media error ${video.error?.code} ${video.error?.message ?? ''}`.trim());
+    });
     this.connect();
     this.readout.start();
     setInterval(() => this.reportLatency(), GLASS_REPORT_EVERY_MS);
