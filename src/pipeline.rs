@@ -504,9 +504,14 @@ impl Worker {
                     if let Some(mirror) = &self.mirror {
                         mirror.offer_audio(block.frame(), time);
                     }
+                    // The source's blocks come in time order: unless the decoder holds
+                    // pictures back, every video frame before this block is written by now.
+                    let video_pending = source.decoder.as_ref().is_some_and(|d| d.holds_pictures());
                     if let Some((_, _, Some(encoding))) = self.output.as_mut() {
                         let mut out = Vec::new();
-                        encoding.writer.audio(time, block.frame(), &mut out);
+                        encoding
+                            .writer
+                            .audio(time, block.frame(), video_pending, &mut out);
                         self.hub.publish_media(out, Some(time), None);
                     }
                 }

@@ -9,10 +9,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use lenscast::http::HttpConfig;
 use lenscast::pipeline::PipelineConfig;
 use lenscast::source::Input;
+use lenscast::webm::writer::AUDIO_TRACK;
 use tokio_tungstenite::tungstenite::{self, protocol::frame::coding::CloseCode, Message};
 
 /// Bright-green pixels (the box colour) in video frame `index` of a WebM byte stream.
@@ -517,4 +518,164 @@ async fn an_http_publisher_that_vanishes_mid_body_is_released() {
     assert!(connect_presenter(addr, &format!("token={TOKEN}"))
         .await
         .is_ok());
+}
+
+/// The audio blocks a `/ws/view` viewer has received so far, read as they come.
+struct AudioCount {
+    socket: PublishSocket,
+    reader: lenscast::webm::StreamReader,
+    audio: usize,
+}
+
+impl AudioCount {
+    /// Reads what the viewer has been sent until `audio` reaches `want`, for up to `wait`.
+    async fn until(&mut self, want: usize, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.audio < want {
+            let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, self.socket.next()).await
+            else {
+                return false;
+            };
+            if let Message::Binary(bytes) = message {
+                self.reader.push(&bytes);
+                while let Some(event) = self.reader.next_event().unwrap() {
+                    if matches!(event, lenscast::webm::Event::Block(b) if b.track == AUDIO_TRACK) {
+                        self.audio += 1;
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+/// A player's live edge is where its audio and video overlap, and Opus comes in 20-60 ms
+/// packets later than the frames beside it: an audio block that waited at the server for the
+/// next video frame (up to a frame interval) would be latency for every viewer. The source is
+/// a real ffmpeg-made file (15 fps VP8, 20 ms Opus) sent block by block in time order, as
+/// every muxer writes; after each audio block the viewer must have it before the next block
+/// is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_reaches_viewers_without_waiting_for_the_next_video_frame() {
+    let server = start_annotating(None, PipelineConfig::default(), HttpConfig::default()).await;
+    let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws/view", server.addr))
+        .await
+        .expect("viewer connects");
+    let mut viewer = AudioCount {
+        socket,
+        reader: lenscast::webm::StreamReader::new(),
+        audio: 0,
+    };
+    let mut presenter = connect_presenter(server.addr, &format!("token={TOKEN}"))
+        .await
+        .expect("presenter accepted");
+    let bytes = fixture("vp8-opus.webm");
+    // Which track each piece ends with (paced_pieces cuts after every block).
+    let mut reader = lenscast::webm::StreamReader::new();
+    reader.push(&bytes);
+    let (mut audio_track, mut tracks) = (None, Vec::new());
+    while let Some(event) = reader.next_event().unwrap() {
+        match event {
+            lenscast::webm::Event::Tracks(t) => audio_track = t.audio().map(|a| a.number),
+            lenscast::webm::Event::Block(b) => tracks.push(b.track),
+            _ => {}
+        }
+    }
+    let pieces = paced_pieces(&bytes);
+    let started = tokio::time::Instant::now();
+    let mut checked = 0;
+    for (i, (due, piece)) in pieces.iter().enumerate() {
+        tokio::time::sleep_until(started + *due).await;
+        presenter
+            .send(Message::binary(piece.clone()))
+            .await
+            .unwrap();
+        if tracks.get(i).copied() != audio_track {
+            continue;
+        }
+        if viewer.audio == 0 {
+            // Audio before the first video keyframe has no Cluster to go in: wait for the
+            // first block through to start checking.
+            viewer.until(1, Duration::from_millis(200)).await;
+            continue;
+        }
+        let want = viewer.audio + 1;
+        assert!(
+            viewer.until(want, Duration::from_secs(3)).await,
+            "audio block {i} (at {due:?}) did not reach the viewer until more was sent \
+             ({} audio blocks received)",
+            viewer.audio
+        );
+        checked += 1;
+    }
+    // 3 s of 20 ms Opus: nearly all of its 150 blocks were checked.
+    assert!(checked > 100, "only {checked} audio blocks checked");
+    server.shut_down().await;
+}
+
+/// H.264 with B-frames: its blocks come in decode order with their times out of order, and
+/// the decoder holds pictures back to put them in order (audio then waits for the video it
+/// came beside). The viewer stream must still keep the order Chromium's WebM parser demands
+/// (no block before the one written before it in its Cluster, none before the Cluster's own
+/// time), every Cluster's video must start at a keyframe, and ffmpeg must decode sound and
+/// pictures cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_beside_reordered_h264_stays_in_cluster_order() {
+    let server = start_annotating(None, PipelineConfig::default(), HttpConfig::default()).await;
+    let viewer = tokio::spawn(ws_collect(server.addr, Duration::from_secs(5)));
+    let url = format!("http://{}/publish?token={TOKEN}", server.addr);
+    let ffmpeg = tokio::task::spawn_blocking(move || {
+        Command::new("ffmpeg")
+            .args(["-nostdin", "-v", "error", "-re", "-i"])
+            .arg(fixture_path("face-opus.webm"))
+            .args(["-t", "4", "-c:v", "libx264", "-preset", "ultrafast"])
+            .args(["-bf", "2", "-g", "30", "-c:a", "copy"])
+            .args(["-f", "matroska", "-live", "1", "-method", "PUT", &url])
+            .output()
+            .unwrap()
+    });
+    let received = viewer.await.unwrap();
+    let output = ffmpeg.await.unwrap();
+    assert!(output.status.success(), "ffmpeg: {output:?}");
+    let stats = pipeline_status(server.addr).await;
+    assert_eq!(stats["input_codec"], "V_MPEG4/ISO/AVC", "{stats}");
+    let mut reader = lenscast::webm::StreamReader::new();
+    reader.push(&received.bytes);
+    let (mut last, mut audio, mut video) = (None, 0, 0);
+    let mut first_video = true;
+    while let Some(event) = reader.next_event().unwrap() {
+        match event {
+            lenscast::webm::Event::ClusterStart { .. } => (last, first_video) = (None, true),
+            lenscast::webm::Event::Block(b) => {
+                if b.track != AUDIO_TRACK && std::mem::take(&mut first_video) {
+                    assert!(
+                        b.keyframe,
+                        "a Cluster whose video starts with a delta frame: {b:?}"
+                    );
+                }
+                assert!(
+                    b.relative_timecode >= 0,
+                    "a block before its Cluster: {b:?}"
+                );
+                assert!(
+                    last.is_none_or(|last| b.timecode >= last),
+                    "block at {} after one at {last:?} in the same Cluster",
+                    b.timecode
+                );
+                last = Some(b.timecode);
+                if b.track == AUDIO_TRACK {
+                    audio += 1;
+                } else {
+                    video += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        audio > 50 && video > 30,
+        "{audio} audio and {video} video blocks"
+    );
+    let errors = ffmpeg_errors(&received.bytes);
+    assert!(errors.trim().is_empty(), "{errors}");
 }

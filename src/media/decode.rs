@@ -54,6 +54,9 @@ pub fn init() {
 pub struct VideoDecoder {
     decoder: ffmpeg::decoder::Video,
     codec: String,
+    /// Packets taken in and pictures given out so far (see [`VideoDecoder::holds_pictures`]).
+    packets: u64,
+    pictures: u64,
 }
 
 impl VideoDecoder {
@@ -86,7 +89,18 @@ impl VideoDecoder {
         Ok(VideoDecoder {
             decoder,
             codec: track.codec_id.clone(),
+            packets: 0,
+            pictures: 0,
         })
+    }
+
+    /// Whether a packet taken in has not come out as a picture yet: the decoder is holding
+    /// pictures back to put them in display order (H.264 with B-frames), so pictures from
+    /// before the newest packet's time may still come. VP8 gives each picture out at once. A
+    /// packet that never makes a picture (a damaged one) leaves this true, which only costs
+    /// the audio a wait (see `LiveWriter::audio`).
+    pub fn holds_pictures(&self) -> bool {
+        self.packets > self.pictures
     }
 
     /// The Matroska codec ID being decoded.
@@ -107,10 +121,14 @@ impl VideoDecoder {
         packet.set_pts(Some(time.as_nanos()));
         packet.set_dts(Some(time.as_nanos()));
         self.decoder.send_packet(&packet)?;
+        self.packets += 1;
         loop {
             let mut frame = VideoFrame::empty();
             match self.decoder.receive_frame(&mut frame) {
-                Ok(()) => out.push(frame),
+                Ok(()) => {
+                    self.pictures += 1;
+                    out.push(frame);
+                }
                 Err(ffmpeg::Error::Other { errno }) if errno == ffmpeg::util::error::EAGAIN => {
                     return Ok(())
                 }

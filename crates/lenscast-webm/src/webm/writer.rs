@@ -17,8 +17,16 @@
 //! keyframe, so [`LiveWriter::needs_keyframe`] tells the encoder to start anew after such a gap.
 //! Opus blocks stay SimpleBlocks: parsers read an Opus packet's duration from the packet.
 //!
-//! Audio blocks wait in a short queue until video has caught up with them, so blocks leave
-//! in timestamp order (the video path is a few ms behind the audio path because of encoding).
+//! Chromium's WebM parser refuses a block whose timestamp is before the block written before it
+//! in the same Cluster, whatever their tracks. Sources send their blocks in time order, and
+//! the pipeline handles them one by one, so audio is written the moment it comes, unless the
+//! caller says video from before it may still come (a decoder that reorders pictures): then
+//! it waits in a short queue until video has caught up. The audio is what sets a player's live
+//! edge (its buffered range is where audio and video overlap, and an Opus packet comes later
+//! than the frames beside it), so a wait for the next video frame there is latency for
+//! viewers. Should a block still come before the last one in its Cluster (a source whose
+//! tracks are not in time order), it starts a Cluster of its own; such a Cluster does not
+//! start at a keyframe, and viewers do not join at it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -70,6 +78,8 @@ pub struct LiveWriter {
     tracks: OutputTracks,
     /// Timestamp (ms ticks) of the open Cluster, if one is open.
     cluster: Option<i64>,
+    /// Ticks of the last block written to the open Cluster (no block may go before it).
+    last_block: i64,
     pending_audio: VecDeque<(MediaTime, Bytes)>,
     /// Ticks of the last video block and the duration (ticks) it was given.
     last_video: Option<(i64, i64)>,
@@ -84,6 +94,7 @@ impl LiveWriter {
         LiveWriter {
             tracks,
             cluster: None,
+            last_block: 0,
             pending_audio: VecDeque::new(),
             last_video: None,
             intervals: VecDeque::new(),
@@ -201,6 +212,7 @@ impl LiveWriter {
         let opened = if keyframe || !self.fits_cluster(ticks) {
             Some(self.open_cluster(ticks, keyframe))
         } else {
+            self.last_block = ticks;
             None
         };
         if self.cluster.is_some() {
@@ -214,8 +226,16 @@ impl LiveWriter {
         }
     }
 
-    /// Queues one audio frame; writes into `out` what can be written now.
-    pub fn audio(&mut self, time: MediaTime, frame: Bytes, out: &mut Vec<Output>) {
+    /// Takes one audio frame and writes into `out` what can be written now: all of it, unless
+    /// `video_pending` (video frames from before `time` may still come), when audio waits
+    /// for video to catch up (at most MAX_AUDIO_HOLD).
+    pub fn audio(
+        &mut self,
+        time: MediaTime,
+        frame: Bytes,
+        video_pending: bool,
+        out: &mut Vec<Output>,
+    ) {
         if self.tracks.audio.is_none() {
             return;
         }
@@ -224,7 +244,7 @@ impl LiveWriter {
             .last_video
             .map(|(last, _)| MediaTime::from_millis(last));
         self.flush_audio(out, |t| {
-            video.is_some_and(|v| t <= v) || time - t > MAX_AUDIO_HOLD
+            !video_pending || video.is_some_and(|v| t <= v) || time - t > MAX_AUDIO_HOLD
         });
     }
 
@@ -239,7 +259,9 @@ impl LiveWriter {
                 continue;
             }
             let ticks = time.as_ticks(SCALE);
-            if !self.fits_cluster(ticks) {
+            if self.fits_cluster(ticks) {
+                self.last_block = ticks;
+            } else {
                 let head = self.open_cluster(ticks, false);
                 out.push(head);
             }
@@ -248,9 +270,12 @@ impl LiveWriter {
     }
 
     /// True if `ticks` can be written relative to the open Cluster (a signed 16-bit offset).
+    /// Whether a block at `ticks` may go in the open Cluster: not before its last block (which
+    /// also keeps its relative timestamp from going negative, which Chromium refuses too), and
+    /// within the relative timestamp's 16 bits.
     fn fits_cluster(&self, ticks: i64) -> bool {
         self.cluster
-            .is_some_and(|c| (i16::MIN as i64..=i16::MAX as i64).contains(&(ticks - c)))
+            .is_some_and(|c| ticks >= self.last_block && ticks - c <= i16::MAX as i64)
     }
 
     fn open_cluster(&mut self, ticks: i64, keyframe: bool) -> Output {
@@ -260,6 +285,7 @@ impl LiveWriter {
         head.extend_from_slice(&UNKNOWN_SIZE);
         ebml::write_uint(&mut head, id::TIMESTAMP, ticks as u64);
         self.cluster = Some(ticks);
+        self.last_block = ticks;
         Output::ClusterStart {
             bytes: Bytes::from(head),
             keyframe,
@@ -355,19 +381,16 @@ mod tests {
 
     #[test]
     fn clusters_start_at_keyframes_and_audio_interleaves_in_order() {
-        let mut writer = LiveWriter::new(OutputTracks {
-            width: 64,
-            height: 48,
-            audio: Some(AudioTrack {
-                codec_private: None,
-                sample_rate: 48_000.0,
-                channels: 2,
-            }),
-        });
+        let mut writer = with_audio();
         let mut outputs = vec![writer.init()];
         for i in 0..60i64 {
-            // Audio runs ahead of video, as it does in the pipeline.
-            writer.audio(ms(i * 20 + 15), Bytes::from_static(b"opus"), &mut outputs);
+            // Audio runs ahead of video, as behind a decoder that reorders pictures.
+            writer.audio(
+                ms(i * 20 + 15),
+                Bytes::from_static(b"opus"),
+                true,
+                &mut outputs,
+            );
             if i % 2 == 0 {
                 writer.video(ms(i * 20), i % 30 == 0, b"vp8 frame", &mut outputs);
             }
@@ -395,6 +418,124 @@ mod tests {
         let video: Vec<_> = blocks.iter().filter(|b| b.0 == VIDEO_TRACK).collect();
         assert_eq!(video.len(), 30);
         assert!(video[0].2 && video[15].2 && !video[1].2);
+    }
+
+    fn with_audio() -> LiveWriter {
+        LiveWriter::new(OutputTracks {
+            width: 64,
+            height: 48,
+            audio: Some(AudioTrack {
+                codec_private: None,
+                sample_rate: 48_000.0,
+                channels: 2,
+            }),
+        })
+    }
+
+    /// A Cluster read back: its timecode and its blocks as (track, timecode, relative timecode).
+    type Cluster = (i64, Vec<(u64, i64, i16)>);
+
+    fn clusters(outputs: &[Output]) -> Vec<Cluster> {
+        let mut clusters: Vec<(i64, Vec<_>)> = Vec::new();
+        for event in read_back(outputs) {
+            match event {
+                Event::ClusterStart { timecode, .. } => clusters.push((timecode as i64, vec![])),
+                Event::Block(b) => clusters
+                    .last_mut()
+                    .expect("a block inside a Cluster")
+                    .1
+                    .push((b.track, b.timecode, b.relative_timecode)),
+                _ => {}
+            }
+        }
+        clusters
+    }
+
+    /// Chromium's rule: in a Cluster, no block before the Cluster or the block before it.
+    fn assert_in_order(clusters: &[Cluster]) {
+        for (start, blocks) in clusters {
+            assert!(
+                blocks.iter().all(|b| b.2 >= 0),
+                "before its Cluster at {start}: {blocks:?}"
+            );
+            assert!(
+                blocks.windows(2).all(|w| w[1].1 >= w[0].1),
+                "out of order: {blocks:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn audio_goes_out_at_once_unless_video_from_before_it_may_still_come() {
+        let mut writer = with_audio();
+        let mut outputs = vec![writer.init()];
+        writer.video(ms(0), true, b"vp8 keyframe", &mut outputs);
+        // Video at 0, then audio at 20: with nothing pending it is written at once.
+        let before = outputs.len();
+        writer.audio(ms(20), Bytes::from_static(b"opus"), false, &mut outputs);
+        assert_eq!(outputs.len(), before + 1);
+        // With video pending it waits for the frame that passes it, and goes out before it.
+        writer.audio(ms(40), Bytes::from_static(b"opus"), true, &mut outputs);
+        assert_eq!(outputs.len(), before + 1);
+        writer.video(ms(33), false, b"vp8 frame", &mut outputs);
+        assert_eq!(outputs.len(), before + 2);
+        writer.video(ms(66), false, b"vp8 frame", &mut outputs);
+        assert_eq!(outputs.len(), before + 4);
+        let clusters = clusters(&outputs);
+        assert_eq!(clusters.len(), 1, "{clusters:?}");
+        let tracks_and_times: Vec<_> = clusters[0].1.iter().map(|b| (b.0, b.1)).collect();
+        assert_eq!(
+            tracks_and_times,
+            [
+                (VIDEO_TRACK, 0),
+                (AUDIO_TRACK, 20),
+                (VIDEO_TRACK, 33),
+                (AUDIO_TRACK, 40),
+                (VIDEO_TRACK, 66)
+            ]
+        );
+        assert_in_order(&clusters);
+    }
+
+    #[test]
+    fn a_block_before_the_last_one_starts_a_cluster_of_its_own() {
+        let mut writer = with_audio();
+        let mut outputs = vec![writer.init()];
+        writer.video(ms(0), true, b"vp8 keyframe", &mut outputs);
+        writer.video(ms(33), false, b"vp8 frame", &mut outputs);
+        // Audio that comes after later video (a source out of time order).
+        writer.audio(ms(10), Bytes::from_static(b"opus"), false, &mut outputs);
+        // Audio far ahead of stalled video goes out after MAX_AUDIO_HOLD, and the video that
+        // comes after it is older.
+        for t in (100..=700).step_by(20) {
+            writer.audio(ms(t), Bytes::from_static(b"opus"), true, &mut outputs);
+        }
+        writer.video(ms(66), false, b"vp8 frame", &mut outputs);
+        writer.video(ms(100), false, b"vp8 frame", &mut outputs);
+        // Video catching up lets out the audio still held.
+        writer.video(ms(720), false, b"vp8 frame", &mut outputs);
+        let clusters = clusters(&outputs);
+        assert_in_order(&clusters);
+        let starts: Vec<_> = clusters.iter().map(|c| c.0).collect();
+        assert_eq!(starts, [0, 10, 66], "{clusters:?}");
+        // Only the first starts at a keyframe: viewers join there alone.
+        let keyframes: Vec<bool> = outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::ClusterStart { keyframe, .. } => Some(*keyframe),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(keyframes, [true, false, false]);
+        // Nothing was lost: 5 video frames and 32 audio blocks.
+        let count = |track| {
+            clusters
+                .iter()
+                .flat_map(|c| &c.1)
+                .filter(|b| b.0 == track)
+                .count()
+        };
+        assert_eq!((count(VIDEO_TRACK), count(AUDIO_TRACK)), (5, 32));
     }
 
     #[test]
