@@ -81,33 +81,41 @@ async fn a_presenter_over_websocket_is_annotated_and_viewers_see_the_boxes() {
     assert!(green_pixels(&fixture("face.webm"), 45) < 50);
 }
 
+/// The real ffmpeg CLI publishes 4 s of face-opus.webm over HTTP PUT in real time, its video
+/// encoded with `video` (arguments, a keyframe a second) and its Opus copied, in container
+/// `format`; returns what a `/ws/view` viewer received meanwhile.
+async fn ffmpeg_publishes(addr: SocketAddr, video: &[&str], format: &str) -> Received {
+    let viewer = tokio::spawn(ws_collect(addr, Duration::from_secs(5)));
+    let mut ffmpeg = Command::new("ffmpeg");
+    ffmpeg
+        .args(["-nostdin", "-v", "error", "-re", "-i"])
+        .arg(fixture_path("face-opus.webm"))
+        .args(["-t", "4"])
+        .args(video)
+        .args(["-g", "30", "-c:a", "copy", "-f", format, "-method", "PUT"])
+        .arg(format!("http://{addr}/publish?token={TOKEN}"));
+    // Off the runtime's threads: the server under test runs on them.
+    let output = tokio::task::spawn_blocking(move || ffmpeg.output().unwrap())
+        .await
+        .unwrap();
+    assert!(output.status.success(), "ffmpeg: {output:?}");
+    viewer.await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ffmpeg_cli_publishes_over_http_put_with_opus_passed_through() {
     let server = start_annotating(None, PipelineConfig::default(), HttpConfig::default()).await;
-    let viewer = tokio::spawn(ws_collect(server.addr, Duration::from_secs(5)));
-    let url = format!("http://{}/publish?token={TOKEN}", server.addr);
-    let ffmpeg = tokio::task::spawn_blocking(move || {
-        Command::new("ffmpeg")
-            .args(["-nostdin", "-v", "error", "-re", "-i"])
-            .arg(fixture_path("face-opus.webm"))
-            .args([
-                "-t",
-                "4",
-                "-c:v",
-                "libvpx",
-                "-deadline",
-                "realtime",
-                "-cpu-used",
-                "8",
-            ])
-            .args(["-b:v", "1M", "-g", "30", "-c:a", "copy"])
-            .args(["-f", "webm", "-method", "PUT", &url])
-            .output()
-            .unwrap()
-    });
-    let received = viewer.await.unwrap();
-    let output = ffmpeg.await.unwrap();
-    assert!(output.status.success(), "ffmpeg: {output:?}");
+    let vp8 = [
+        "-c:v",
+        "libvpx",
+        "-deadline",
+        "realtime",
+        "-cpu-used",
+        "8",
+        "-b:v",
+        "1M",
+    ];
+    let received = ffmpeg_publishes(server.addr, &vp8, "webm").await;
     assert_eq!(
         received.inits.last().unwrap()["mime"],
         "video/webm; codecs=\"vp8,opus\"",
@@ -622,21 +630,17 @@ async fn audio_reaches_viewers_without_waiting_for_the_next_video_frame() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audio_beside_reordered_h264_stays_in_cluster_order() {
     let server = start_annotating(None, PipelineConfig::default(), HttpConfig::default()).await;
-    let viewer = tokio::spawn(ws_collect(server.addr, Duration::from_secs(5)));
-    let url = format!("http://{}/publish?token={TOKEN}", server.addr);
-    let ffmpeg = tokio::task::spawn_blocking(move || {
-        Command::new("ffmpeg")
-            .args(["-nostdin", "-v", "error", "-re", "-i"])
-            .arg(fixture_path("face-opus.webm"))
-            .args(["-t", "4", "-c:v", "libx264", "-preset", "ultrafast"])
-            .args(["-bf", "2", "-g", "30", "-c:a", "copy"])
-            .args(["-f", "matroska", "-live", "1", "-method", "PUT", &url])
-            .output()
-            .unwrap()
-    });
-    let received = viewer.await.unwrap();
-    let output = ffmpeg.await.unwrap();
-    assert!(output.status.success(), "ffmpeg: {output:?}");
+    let h264 = [
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-bf",
+        "2",
+        "-live",
+        "1",
+    ];
+    let received = ffmpeg_publishes(server.addr, &h264, "matroska").await;
     let stats = pipeline_status(server.addr).await;
     assert_eq!(stats["input_codec"], "V_MPEG4/ISO/AVC", "{stats}");
     let mut reader = lenscast::webm::StreamReader::new();

@@ -396,14 +396,7 @@ mod tests {
             }
         }
         // The chunks say what they are: two keyframe Cluster starts, blocks otherwise.
-        let starts: Vec<bool> = outputs
-            .iter()
-            .filter_map(|o| match o {
-                Output::ClusterStart { keyframe, .. } => Some(*keyframe),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(starts, vec![true, true]);
+        assert_eq!(cluster_starts(&outputs), [true, true]);
         let mut clusters = Vec::new();
         let mut blocks = Vec::new();
         for event in read_back(&outputs) {
@@ -430,6 +423,17 @@ mod tests {
                 channels: 2,
             }),
         })
+    }
+
+    /// The keyframe flag of each Cluster start among the writer's outputs.
+    fn cluster_starts(outputs: &[Output]) -> Vec<bool> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::ClusterStart { keyframe, .. } => Some(*keyframe),
+                _ => None,
+            })
+            .collect()
     }
 
     /// A Cluster read back: its timecode and its blocks as (track, timecode, relative timecode).
@@ -519,14 +523,7 @@ mod tests {
         let starts: Vec<_> = clusters.iter().map(|c| c.0).collect();
         assert_eq!(starts, [0, 10, 66], "{clusters:?}");
         // Only the first starts at a keyframe: viewers join there alone.
-        let keyframes: Vec<bool> = outputs
-            .iter()
-            .filter_map(|o| match o {
-                Output::ClusterStart { keyframe, .. } => Some(*keyframe),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(keyframes, [true, false, false]);
+        assert_eq!(cluster_starts(&outputs), [true, false, false]);
         // Nothing was lost: 5 video frames and 32 audio blocks.
         let count = |track| {
             clusters
