@@ -209,12 +209,7 @@ impl LiveWriter {
         self.last_video = Some((ticks, duration));
         let video_time = MediaTime::from_millis(ticks);
         self.flush_audio(out, |t| t <= video_time);
-        let opened = if keyframe || !self.fits_cluster(ticks) {
-            Some(self.open_cluster(ticks, keyframe))
-        } else {
-            self.last_block = ticks;
-            None
-        };
+        let opened = self.place(ticks, keyframe);
         if self.cluster.is_some() {
             // A keyframe refers to nothing; any other frame to the one before it.
             let reference = previous.filter(|_| !keyframe).map(|last| last - ticks);
@@ -259,23 +254,25 @@ impl LiveWriter {
                 continue;
             }
             let ticks = time.as_ticks(SCALE);
-            if self.fits_cluster(ticks) {
-                self.last_block = ticks;
-            } else {
-                let head = self.open_cluster(ticks, false);
-                out.push(head);
-            }
+            out.extend(self.place(ticks, false));
             out.push(Output::Block(self.simple_block(AUDIO_TRACK, ticks, &frame)));
         }
     }
 
-    /// True if `ticks` can be written relative to the open Cluster (a signed 16-bit offset).
-    /// Whether a block at `ticks` may go in the open Cluster: not before its last block (which
-    /// also keeps its relative timestamp from going negative, which Chromium refuses too), and
-    /// within the relative timestamp's 16 bits.
-    fn fits_cluster(&self, ticks: i64) -> bool {
-        self.cluster
-            .is_some_and(|c| ticks >= self.last_block && ticks - c <= i16::MAX as i64)
+    /// Makes room for a block at `ticks`: the start of a new Cluster (to write before the
+    /// block) when it is a keyframe (a join point) or does not fit the open one, else nothing.
+    /// A block fits when it is not before the Cluster's last block (which also keeps its
+    /// relative timestamp from going negative, which Chromium refuses too) and within the
+    /// relative timestamp's 16 bits.
+    fn place(&mut self, ticks: i64, keyframe: bool) -> Option<Output> {
+        let fits = self
+            .cluster
+            .is_some_and(|c| ticks >= self.last_block && ticks - c <= i16::MAX as i64);
+        if fits && !keyframe {
+            self.last_block = ticks;
+            return None;
+        }
+        Some(self.open_cluster(ticks, keyframe))
     }
 
     fn open_cluster(&mut self, ticks: i64, keyframe: bool) -> Output {
