@@ -35,6 +35,9 @@ const floor = {
   mime: null,
   recordedBytes: 0,
   behindLive: null,
+  /** As on the viewer page: how unevenly media arrived lately (ms), and stalls so far. */
+  jitterMs: null,
+  stalls: 0,
   stampAgesMs: [],
 };
 window.floor = floor;
@@ -156,6 +159,8 @@ function followLiveEdge() {
     skipGap(stuck);
     clock.follow(video.buffered);
     floor.behindLive = clock.behindLive;
+    floor.jitterMs = clock.jitter === null ? null : Math.round(clock.jitter * 1000);
+    floor.stalls = clock.stalls;
     if (video.paused) video.play().catch(() => {}); // muted, so autoplay is allowed
     lastTime = video.currentTime;
     setState(stuck || video.paused ? 'waiting' : 'playing');
