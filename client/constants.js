@@ -167,6 +167,13 @@ export const LIVE_SLACK_HYSTERESIS = 0.04;
 export const SLACK_WINDOW_MS = 20000;
 /** The slack is taken as known, and acted on, once arrivals span this long (ms). */
 export const SLACK_FIRST_MS = 1500;
+/** Arrivals over this long (ms) after playback starts are the join's, not the stream's: the page
+ *  decodes its way from the keyframe to the edge, and on a shared machine the presenter catches
+ *  up on what the join's burst of work held back. Measured in headless Chromium with presenter,
+ *  server and viewer on one 2-core machine: arrivals up to 140 ms later than any after them, for
+ *  0.5-1.7 s after the start; the worst of them then held the viewer ~120 ms further behind for
+ *  the whole SLACK_WINDOW_MS. They count until SLACK_FIRST_MS of later arrivals replace them. */
+export const JOIN_SETTLE_MS = 2000;
 /** Gentle enough that the change in audio pitch is barely audible. */
 export const CATCH_UP_RATE = 1.1;
 /** Played this much slower while the slack is short of the target (less the hysteresis): room

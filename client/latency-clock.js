@@ -18,7 +18,9 @@
 // so what the rebuffer added beyond the worst arrival is caught up at once, and a late arrival
 // is allowed for as long as it is in the window, whether it caused a stall or not. When
 // arrivals are late for a while the slack keeps the room for them; when they are calm again the
-// room goes with the window, so nothing ratchets up over hours of viewing.
+// room goes with the window, so nothing ratchets up over hours of viewing. The first
+// JOIN_SETTLE_MS after playback starts are the exception: what arrives then tells of the join (a
+// backlog, a page decoding its way to the edge), and room made for it would last the window.
 
 import {
   BUILD_UP_RATE,
@@ -26,6 +28,7 @@ import {
   FAST_CATCH_UP_ABOVE,
   FAST_CATCH_UP_RATE,
   JUMP_BEHIND,
+  JOIN_SETTLE_MS,
   JUMP_TARGET,
   START_BEHIND,
   LIVE_SLACK,
@@ -45,6 +48,8 @@ export class LatencyClock {
      *  the arrival continues from, both in seconds; over the last SLACK_WINDOW_MS. */
     this.arrivals = [];
     this.playing = false; // false until playback starts on this stream
+    /** When playback started on this stream (performance.now(), seconds); null before. */
+    this.startedAt = null;
     /** The least to keep in hand (seconds) at the latest arrival in the window. */
     this.target = LIVE_SLACK;
     this.stalls = 0;
@@ -68,6 +73,17 @@ export class LatencyClock {
   }
 
   /**
+   * The arrivals that say how late this stream's media comes: those in the window, less the
+   * join's (JOIN_SETTLE_MS after playback starts) once SLACK_FIRST_MS of later ones are in.
+   */
+  counted(now) {
+    if (this.startedAt === null) return this.arrivals;
+    const settled = this.startedAt + JOIN_SETTLE_MS / 1000;
+    if (now < settled + SLACK_FIRST_MS / 1000) return this.arrivals;
+    return this.arrivals.filter((arrival) => arrival.at >= settled);
+  }
+
+  /**
    * What the player would have had in hand at the latest arrival in the window, had it been
    * as far behind then as now (`end`: the buffered end), in seconds; null before
    * SLACK_FIRST_MS of arrivals. Media not yet arrived counts as arriving now, so a gap in
@@ -77,14 +93,14 @@ export class LatencyClock {
     const now = performance.now() / 1000;
     if (!this.arrivals.length || this.arrivals[0].at > now - SLACK_FIRST_MS / 1000) return null;
     let latest = now - end;
-    for (const arrival of this.arrivals) latest = Math.max(latest, arrival.late);
+    for (const arrival of this.counted(now)) latest = Math.max(latest, arrival.late);
     return now - this.video.currentTime - latest;
   }
 
-  /** How unevenly media arrived over the window (the latest less the earliest), in seconds. */
+  /** How unevenly the counted arrivals came (the latest less the earliest), in seconds. */
   get jitter() {
-    if (this.arrivals.length < 2) return null;
-    const late = this.arrivals.map((a) => a.late);
+    const late = this.counted(performance.now() / 1000).map((a) => a.late);
+    if (late.length < 2) return null;
     return Math.max(...late) - Math.min(...late);
   }
 
@@ -97,6 +113,7 @@ export class LatencyClock {
     const starting = !this.playing && !video.paused && !video.seeking;
     if (starting) {
       this.playing = true;
+      this.startedAt = performance.now() / 1000;
       // What came before is the join's backlog, old media sent at once: it reads as late, but
       // says nothing of how late live media comes.
       this.arrivals = [];
@@ -127,5 +144,6 @@ export class LatencyClock {
     this.behindLive = null;
     this.arrivals = [];
     this.playing = false;
+    this.startedAt = null;
   }
 }

@@ -168,3 +168,19 @@ test("live edge: a join's backlog is not taken for late media", () => {
   const soon = median(trace, 8, 12);
   assert.ok(soon <= steady + 2 * LIVE_SLACK_HYSTERESIS + 0.03, `delay ${soon.toFixed(3)} s at 10 s, ${steady.toFixed(3)} s at 35 s`);
 });
+
+test("live edge: late media in the join's first seconds does not hold the player back all window", () => {
+  // The backlog arrives at once at 1.25 s, and playback starts. Then, as on a machine the join
+  // kept busy, live media comes later and later, up to 200 ms at 2 s, and is back on time a
+  // second later. Room for that would hold the viewer 200 ms behind for the whole window.
+  const settling = (k) => Math.max(0, 0.2 - Math.abs(k - 18) * 0.025);
+  const trace = simulate(40, (k) => (k < 10 ? 1 - k * CHUNK_S : settling(k)));
+  assert.ok(settling(18) === 0.2 && settling(10) === 0 && settling(26) === 0);
+  const steady = median(trace, 30, 40);
+  const soon = median(trace, 8, 12);
+  const band = 2 * LIVE_SLACK_HYSTERESIS + 0.03;
+  assert.ok(soon <= steady + band, `delay ${soon.toFixed(3)} s at 10 s, ${steady.toFixed(3)} s at 35 s`);
+  // Nor does giving the room back stall the player (the join itself may: nothing was in hand).
+  const joined = trace.find((s) => s.at >= 5).stalls;
+  assert.equal(trace.at(-1).stalls, joined, 'stalls after the join');
+});
