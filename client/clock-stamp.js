@@ -95,7 +95,9 @@ function readStamp(pixels) {
 /** Presenter: a canvas that copies `video` frame by frame (CLOCK_FPS) with the stamp drawn on. */
 export function stampedCanvas(video) {
   const canvas = document.createElement('canvas');
-  const ctx = canvas.getContext('2d');
+  // Opaque, as a camera's picture is: a canvas with alpha is recorded as VP8 with an alpha
+  // plane, a second encode in the presenter page and a second decode in the player's.
+  const ctx = canvas.getContext('2d', { alpha: false });
   const draw = () => {
     if (video.videoWidth) {
       if (canvas.width !== video.videoWidth) canvas.width = video.videoWidth;
