@@ -50,6 +50,7 @@ export class LatencyClock {
     this.playing = false; // false until playback starts on this stream
     /** When playback started on this stream (performance.now(), seconds); null before. */
     this.startedAt = null;
+    this.joinForgotten = false; // true once the join's arrivals are dropped (forgetJoin)
     /** The least to keep in hand (seconds) at the latest arrival in the window. */
     this.target = LIVE_SLACK;
     this.stalls = 0;
@@ -70,17 +71,19 @@ export class LatencyClock {
     const now = performance.now() / 1000;
     this.arrivals.push({ at: now, late: now - (this.video.currentTime + inHand) });
     while (this.arrivals[0].at < now - SLACK_WINDOW_MS / 1000) this.arrivals.shift();
+    this.forgetJoin(now);
   }
 
   /**
-   * The arrivals that say how late this stream's media comes: those in the window, less the
-   * join's (JOIN_SETTLE_MS after playback starts) once SLACK_FIRST_MS of later ones are in.
+   * Drops the join's arrivals (JOIN_SETTLE_MS after playback starts), once, when SLACK_FIRST_MS
+   * of later ones are in: from then on the arrivals say how late this stream's media comes.
    */
-  counted(now) {
-    if (this.startedAt === null) return this.arrivals;
+  forgetJoin(now) {
+    if (this.startedAt === null || this.joinForgotten) return;
     const settled = this.startedAt + JOIN_SETTLE_MS / 1000;
-    if (now < settled + SLACK_FIRST_MS / 1000) return this.arrivals;
-    return this.arrivals.filter((arrival) => arrival.at >= settled);
+    if (now < settled + SLACK_FIRST_MS / 1000) return;
+    this.arrivals = this.arrivals.filter((arrival) => arrival.at >= settled);
+    this.joinForgotten = true;
   }
 
   /**
@@ -91,15 +94,16 @@ export class LatencyClock {
    */
   slackAt(end) {
     const now = performance.now() / 1000;
+    this.forgetJoin(now);
     if (!this.arrivals.length || this.arrivals[0].at > now - SLACK_FIRST_MS / 1000) return null;
     let latest = now - end;
-    for (const arrival of this.counted(now)) latest = Math.max(latest, arrival.late);
+    for (const arrival of this.arrivals) latest = Math.max(latest, arrival.late);
     return now - this.video.currentTime - latest;
   }
 
-  /** How unevenly the counted arrivals came (the latest less the earliest), in seconds. */
+  /** How unevenly the arrivals came (the latest less the earliest), in seconds. */
   get jitter() {
-    const late = this.counted(performance.now() / 1000).map((a) => a.late);
+    const late = this.arrivals.map((a) => a.late);
     if (late.length < 2) return null;
     return Math.max(...late) - Math.min(...late);
   }
@@ -114,6 +118,7 @@ export class LatencyClock {
     if (starting) {
       this.playing = true;
       this.startedAt = performance.now() / 1000;
+      this.joinForgotten = false;
       // What came before is the join's backlog, old media sent at once: it reads as late, but
       // says nothing of how late live media comes.
       this.arrivals = [];
@@ -145,5 +150,6 @@ export class LatencyClock {
     this.arrivals = [];
     this.playing = false;
     this.startedAt = null;
+    this.joinForgotten = false;
   }
 }
