@@ -1,15 +1,18 @@
 // lenscast presenter page: the camera preview, Start and Stop, and what the publisher
-// (publisher.js: MediaRecorder's WebM uploaded over /ws/publish) and the server report.
+// (publisher.js: WebM from WebCodecs or MediaRecorder, uploaded over /ws/publish) and the
+// server report.
 // With ?clock=1 it records the camera image with a timestamp drawn on every frame, which the
 // viewer page reads back to measure glass-to-glass latency (clock-stamp.js).
 
 import { stampedCanvas } from './clock-stamp.js';
 import { CLOCK_FPS } from './constants.js';
-import { Publisher } from './publisher.js';
+import { Publisher, RECORDERS } from './publisher.js';
 
 const params = new URLSearchParams(location.search);
 const token = params.get('token') ?? '';
 const clockMode = params.get('clock') === '1';
+// ?recorder=mediarecorder records as browsers without WebCodecs do (for comparison and tests).
+const recorderChoice = RECORDERS.includes(params.get('recorder')) ? params.get('recorder') : 'auto';
 
 const preview = document.getElementById('preview');
 const controls = document.getElementById('controls');
@@ -28,7 +31,7 @@ const figures = {
   glass: document.getElementById('glass'),
 };
 
-const publisher = new Publisher(token, render);
+const publisher = new Publisher(token, render, { recorder: recorderChoice });
 /** What the presenter is doing, for the page, tests and the console. */
 window.lenscastPresenter = publisher.state;
 
@@ -66,11 +69,11 @@ function render() {
   startButton.disabled = publisher.busy || !camera;
   stopButton.disabled = !publisher.busy || publisher.stopping;
   takeoverBox.disabled = publisher.busy;
-  const { state, reason, bytesSent, lastStats, mime } = publisher.state;
+  const { state, reason, bytesSent, lastStats, mime, recorder } = publisher.state;
   stateLine.textContent = reason ? `${state}: ${reason}` : state;
   stateLine.dataset.state = state;
   figures.bytesSent.textContent = formatBytes(bytesSent);
-  figures.mime.textContent = mime ?? '–';
+  figures.mime.textContent = mime ? `${mime} (${RECORDER_NAMES[recorder]})` : '–';
   const p = lastStats?.pipeline;
   // Without a pipeline (a --passthrough server) there is nothing more to show.
   figures.fps.textContent = p ? `${p.fps_in.toFixed(1)} / ${p.fps_out.toFixed(1)}` : '–';
@@ -84,6 +87,8 @@ function render() {
       ? `${Math.round(seen.glass_to_glass_ms_p50)} ms (${seen.viewers_reporting} viewer${seen.viewers_reporting === 1 ? '' : 's'})`
       : '–';
 }
+
+const RECORDER_NAMES = { webcodecs: 'WebCodecs', mediarecorder: 'MediaRecorder' };
 
 function formatBytes(n) {
   if (n < 1024) return `${n} B`;

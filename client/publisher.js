@@ -1,9 +1,11 @@
-// lenscast's publisher: records a MediaStream with MediaRecorder and uploads it over /ws/publish
+// lenscast's publisher: records a MediaStream as WebM and uploads it over /ws/publish
 // (messages and close codes described in constants.js), one broadcast at a time. It knows
 // nothing of the page, which learns what it does from `state` and `onChange`.
 //
-// The server parses the upload as one continuous WebM byte stream, so chunks go out as they
-// come, in order, wherever the recorder happened to cut them.
+// The recorder is WebCodecs (codec-recorder.js) where the browser has it, as it uploads each
+// frame as soon as it is encoded, and MediaRecorder otherwise. The server parses the upload as
+// one continuous WebM byte stream, so chunks go out as they come, in order, wherever the
+// recorder happened to cut them.
 
 import {
   CLOSE,
@@ -19,7 +21,11 @@ import {
   TIMESLICE_MS,
   VIDEO_BITS_PER_SECOND,
 } from './constants.js';
+import { CodecRecorder, codecRecorderSupports } from './codec-recorder.js';
 import { ServerClock } from './server-clock.js';
+
+/** The recorders a page may ask for: `auto` takes WebCodecs where it works. */
+export const RECORDERS = Object.freeze(['auto', 'webcodecs', 'mediarecorder']);
 
 /** The recorder mime type to use: '' for the browser's default, null without MediaRecorder. */
 function chooseMime(hasAudio) {
@@ -33,19 +39,23 @@ function chooseMime(hasAudio) {
  * `onChange(state)` runs whenever that may have changed:
  *   state: idle | connecting | live | stopping | refused | disconnected
  *   reason: why refused or disconnected
- *   bytesSent, lastStats (the server's last "stats" message), mime (what the recorder records)
+ *   bytesSent, lastStats (the server's last "stats" message), mime (what the recorder records),
+ *   recorder (webcodecs | mediarecorder: which one records)
+ * `recorder` (one of RECORDERS) chooses the recorder; `auto` falls back to MediaRecorder.
  */
 export class Publisher {
   /** A publisher that has not started. */
-  constructor(token, onChange = () => {}) {
+  constructor(token, onChange = () => {}, { recorder = 'auto' } = {}) {
     this.token = token;
     this.onChange = onChange;
+    this.recorderChoice = recorder;
     this.state = {
       state: 'idle',
       reason: null,
       bytesSent: 0,
       lastStats: null,
       mime: null,
+      recorder: null,
     };
     this.broadcast = null; // the current { ws, recorder, ... }, or null when idle
   }
@@ -76,7 +86,7 @@ export class Publisher {
       stopping: false,
       failure: null,
       clock: null,
-      recordStart: null, // Date.now() when the recorder started: media time 0, about
+      recordStart: null, // Date.now() when media time 0 was captured, about
     };
     const ws = new WebSocket(this.publishUrl(session, location.protocol === 'https:' ? 'wss:' : 'ws:'));
     session.ws = ws;
@@ -90,7 +100,9 @@ export class Publisher {
       if (this.broadcast !== session) return;
       session.opened = true;
       session.clock.start();
-      this.startRecording(session, record());
+      this.startRecording(session, record()).catch((err) =>
+        this.fail(session, 'refused', `cannot record: ${err.message}`),
+      );
     };
     ws.onmessage = (event) => {
       if (this.broadcast === session && typeof event.data === 'string') this.onText(session, event.data);
@@ -122,8 +134,23 @@ export class Publisher {
     return url.href;
   }
 
-  startRecording(session, { stream, ownTracks }) {
+  async startRecording(session, { stream, ownTracks }) {
     session.tracks = ownTracks;
+    const useCodecs =
+      this.recorderChoice !== 'mediarecorder' && (await codecRecorderSupports(stream));
+    // Stop may have been pressed, or the socket lost, while the browser answered.
+    if (this.broadcast !== session || session.stopping) {
+      for (const track of ownTracks) track.stop();
+      return;
+    }
+    if (useCodecs) {
+      this.startCodecRecorder(session, stream);
+      return;
+    }
+    if (this.recorderChoice === 'webcodecs') {
+      this.fail(session, 'refused', 'this browser cannot record with WebCodecs (VP8 and Opus)');
+      return;
+    }
     const mime = chooseMime(stream.getAudioTracks().length > 0);
     if (mime === null) {
       this.fail(session, 'refused', 'this browser has no MediaRecorder');
@@ -159,20 +186,46 @@ export class Publisher {
     }
     session.recorder = recorder;
     this.state.mime = recorder.mimeType || mime;
+    this.state.recorder = 'mediarecorder';
     this.setState('live');
   }
 
-  send(session, blob) {
+  startCodecRecorder(session, stream) {
+    const recorder = new CodecRecorder(stream, {
+      videoBitsPerSecond: VIDEO_BITS_PER_SECOND,
+      keyFrameIntervalMs: KEYFRAME_INTERVAL_MS,
+    });
+    recorder.ondataavailable = (event) => this.send(session, event.data);
+    recorder.onerror = (event) => this.fail(session, 'disconnected', `encoder error: ${event.error?.message}`);
+    recorder.onstop = () => {
+      if (session.stopping) session.ws.close(CLOSE.NORMAL, 'presenter stopped');
+      else this.fail(session, 'disconnected', 'the recorder stopped (camera gone?)');
+    };
+    // Media time 0 is the first frame's capture, known once it is in.
+    recorder.onorigin = (dateMs) => {
+      session.recordStart = dateMs;
+      this.sendCaptureOrigin(session);
+    };
+    recorder.start();
+    session.recorder = recorder;
+    this.state.mime = recorder.mimeType;
+    this.state.recorder = 'webcodecs';
+    this.setState('live');
+  }
+
+  /** Uploads a recorder's chunk: MediaRecorder's Blob or the WebCodecs recorder's bytes. */
+  send(session, data) {
     const { ws } = session;
-    if (!blob.size || ws.readyState !== WebSocket.OPEN) return;
+    const size = data.size ?? data.byteLength;
+    if (!size || ws.readyState !== WebSocket.OPEN) return;
     // Unsent data only grows on a link slower than the recording: better to stop than to lag.
     if (ws.bufferedAmount > MAX_UNSENT_BYTES) {
       const waiting = (ws.bufferedAmount / 1024 / 1024).toFixed(1);
       this.fail(session, 'disconnected', `upload too slow (${waiting} MB not yet sent)`);
       return;
     }
-    ws.send(blob);
-    this.state.bytesSent += blob.size;
+    ws.send(data);
+    this.state.bytesSent += size;
     this.changed();
   }
 
@@ -258,7 +311,9 @@ export class Publisher {
 function stopRecorder(session) {
   session.clock?.stop();
   const { recorder } = session;
-  if (recorder && recorder.state !== 'inactive') {
+  if (recorder instanceof CodecRecorder) {
+    recorder.abort();
+  } else if (recorder && recorder.state !== 'inactive') {
     recorder.onstop = null;
     recorder.ondataavailable = null;
     recorder.stop();

@@ -42,6 +42,16 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../client/publisher.js"),
     ),
     (
+        "codec-recorder.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../client/codec-recorder.js"),
+    ),
+    (
+        "webm-writer.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../client/webm-writer.js"),
+    ),
+    (
         "mse-player.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../client/mse-player.js"),

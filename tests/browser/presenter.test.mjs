@@ -106,43 +106,57 @@ function greenPixels(page) {
 }
 
 
-test('presenter: the camera goes live, the server boxes the face, a viewer sees it', { timeout: 120000 }, async () => {
-  await withPresenterSetup(async (server, context) => {
-    const presenter = await startPresenting(context, server);
-    await waitForPresenterFrames(presenter);
-    const { mime, bytesSent } = await presenter.evaluate(() => window.lenscastPresenter);
-    assert.match(mime, /^video\/webm;codecs=vp8/i);
-    assert.ok(bytesSent > 0);
-    assert.match(await presenter.textContent('#fps'), /^\d+\.\d \/ \d+\.\d$/);
+// WebCodecs is what Chromium uses; MediaRecorder is what browsers without it use.
+for (const [recorder, shown] of [['webcodecs', 'WebCodecs'], ['mediarecorder', 'MediaRecorder']]) {
+  test(`presenter (${shown}): the camera goes live, the server boxes the face, a viewer sees it; Stop, and a camera gone`, { timeout: 120000 }, async () => {
+    await withPresenterSetup(async (server, context) => {
+      const presenter = await startPresenting(context, server, `&recorder=${recorder}`);
+      await waitForPresenterFrames(presenter);
+      const { mime, bytesSent, recorder: used } = await presenter.evaluate(() => window.lenscastPresenter);
+      assert.equal(used, recorder);
+      assert.match(mime, /^video\/webm;codecs=vp8/i);
+      assert.ok((await presenter.textContent('#mime')).endsWith(`(${shown})`));
+      assert.ok(bytesSent > 0);
+      assert.match(await presenter.textContent('#fps'), /^\d+\.\d \/ \d+\.\d$/);
 
-    const viewer = await openViewer(context, server.url);
-    await waitForPlayback(viewer, 1, 20000);
-    let green = 0;
-    for (let attempt = 0; attempt < 20 && green <= MIN_GREEN_PIXELS; attempt++) {
-      green = await greenPixels(viewer);
-      if (green <= MIN_GREEN_PIXELS) await sleep(250);
-    }
-    assert.ok(green > MIN_GREEN_PIXELS, `${green} box-green pixels\n${await describe(viewer)}`);
+      const viewer = await openViewer(context, server.url);
+      await waitForPlayback(viewer, 1, 20000);
+      let green = 0;
+      for (let attempt = 0; attempt < 20 && green <= MIN_GREEN_PIXELS; attempt++) {
+        green = await greenPixels(viewer);
+        if (green <= MIN_GREEN_PIXELS) await sleep(250);
+      }
+      assert.ok(green > MIN_GREEN_PIXELS, `${green} box-green pixels\n${await describe(viewer)}`);
 
-    // The faces are the presenter's: the count grows while the presenter is the input.
-    const first = (await fetchStatus(server)).pipeline;
-    assert.equal(first.presenter_connected, true, JSON.stringify(first));
-    await sleep(2000);
-    const later = (await fetchStatus(server)).pipeline;
-    assert.equal(later.presenter_connected, true, JSON.stringify(later));
-    assert.ok(later.faces_total > first.faces_total, `faces_total ${first.faces_total} -> ${later.faces_total}`);
+      // The faces are the presenter's: the count grows while the presenter is the input.
+      const first = (await fetchStatus(server)).pipeline;
+      assert.equal(first.presenter_connected, true, JSON.stringify(first));
+      await sleep(2000);
+      const later = (await fetchStatus(server)).pipeline;
+      assert.equal(later.presenter_connected, true, JSON.stringify(later));
+      assert.ok(later.faces_total > first.faces_total, `faces_total ${first.faces_total} -> ${later.faces_total}`);
 
-    // Stop: the socket closes normally and the server goes back to its demo.
-    await presenter.click('#stop');
-    await waitForPresenter(presenter, (p) => p.state === 'idle', 'idle after Stop', 5000);
-    let pipeline = later;
-    for (let attempt = 0; attempt < 20 && pipeline.presenter_connected; attempt++) {
-      await sleep(250);
-      pipeline = (await fetchStatus(server)).pipeline;
-    }
-    assert.equal(pipeline.presenter_connected, false, JSON.stringify(pipeline));
+      // Stop: the socket closes normally and the server goes back to its demo.
+      await presenter.click('#stop');
+      await waitForPresenter(presenter, (p) => p.state === 'idle', 'idle after Stop', 5000);
+      let pipeline = later;
+      for (let attempt = 0; attempt < 20 && pipeline.presenter_connected; attempt++) {
+        await sleep(250);
+        pipeline = (await fetchStatus(server)).pipeline;
+      }
+      assert.equal(pipeline.presenter_connected, false, JSON.stringify(pipeline));
+
+      // Live again, then the camera goes away (unplugged, permission revoked): the page says so.
+      await presenter.click('#start');
+      await waitForPresenter(presenter, (p) => p.state === 'live' && p.bytesSent > 0, 'live again');
+      await presenter.evaluate(() => {
+        for (const track of document.getElementById('preview').srcObject.getTracks()) track.stop();
+      });
+      await waitForPresenter(presenter, (p) => p.state === 'disconnected', 'disconnected when the camera went', 10000);
+      assert.match(await presenter.evaluate(() => window.lenscastPresenter.reason), /camera gone/);
+    });
   });
-});
+}
 
 test('presenter: a wrong token is refused, with the server\'s 401 reason', { timeout: 60000 }, async () => {
   await withPresenterSetup(async (server, context) => {
