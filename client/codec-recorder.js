@@ -20,6 +20,8 @@ const AUDIO_BITS_PER_SECOND = 96_000;
 /** More frames than this waiting in the video encoder and new ones are dropped: a presenter
  *  whose machine cannot keep up sends fewer frames rather than older ones. */
 const MAX_QUEUED_FRAMES = 2;
+/** A better capture origin is passed on when it is at least this much earlier than the last. */
+const ORIGIN_STEP_MS = 1;
 /** The mime type the stream is, for the page and the tests. */
 const MIME = { av: 'video/webm;codecs=vp8,opus', video: 'video/webm;codecs=vp8' };
 
@@ -61,7 +63,8 @@ function audioConfig(sampleRate, numberOfChannels) {
 /**
  * Records the first video track and the first audio track (if any) of `stream`.
  * `onorigin(dateMs)` gives, once the first frame is in, when media time 0 was captured on the
- * page's Date.now() clock: the capture origin the latency readout needs.
+ * page's Date.now() clock (the capture origin the latency readout needs), and again each time
+ * a frame shows it was earlier.
  */
 export class CodecRecorder {
   constructor(stream, { videoBitsPerSecond, keyFrameIntervalMs }) {
@@ -86,6 +89,11 @@ export class CodecRecorder {
     // time 0 for the first track to deliver. Later frames keep their own spacing.
     this.startUs = null;
     this.offsetUs = new Map(); // track number -> add to a timestamp to get media time
+    // The earliest (read time - media time) of any picture, on performance.now(): media time 0
+    // plus the shortest capture-to-read delay seen. The first frame alone would make it late by
+    // its own delay, which at start can be tens of ms, and every capture time with it.
+    this.originPerfMs = null;
+    this.originSentPerfMs = null;
     this.writer = new ClusterWriter();
     this.headerSent = false;
     this.pending = []; // [track, chunk] encoded before the header could be written
@@ -164,6 +172,7 @@ export class CodecRecorder {
           break;
         }
         this.place(number, value.timestamp);
+        if (number === TRACK.VIDEO) this.refineOrigin(value.timestamp);
         encode(value);
       }
     } catch (err) {
@@ -179,12 +188,20 @@ export class CodecRecorder {
   place(track, timestampUs) {
     if (this.offsetUs.has(track)) return;
     const nowUs = Math.round(performance.now() * 1000);
-    if (this.startUs === null) {
-      this.startUs = nowUs;
-      // On Date.now(): the clock the publisher's clock sync maps to the server's.
-      this.onorigin?.(Date.now());
-    }
+    if (this.startUs === null) this.startUs = nowUs;
     this.offsetUs.set(track, nowUs - this.startUs - timestampUs);
+  }
+
+  /** Takes a picture just read into the capture origin estimate; passes it on when earlier. */
+  refineOrigin(timestampUs) {
+    const nowMs = performance.now();
+    const originMs = nowMs - this.mediaUs(TRACK.VIDEO, timestampUs) / 1000;
+    if (this.originPerfMs !== null && originMs >= this.originPerfMs) return;
+    this.originPerfMs = originMs;
+    if (this.originSentPerfMs !== null && this.originSentPerfMs - originMs < ORIGIN_STEP_MS) return;
+    this.originSentPerfMs = originMs;
+    // On Date.now(): the clock the publisher's clock sync maps to the server's.
+    this.onorigin?.(Date.now() - (nowMs - originMs));
   }
 
   mediaUs(track, timestampUs) {

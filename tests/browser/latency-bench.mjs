@@ -6,7 +6,9 @@
 //   floor     tests/browser/floor.html: camera -> stamped canvas -> MediaRecorder -> MSE -> <video>
 //             in one page, with the presenter's recorder settings and the viewer's live-edge
 //             policy (the real client modules), served from a static server in this script;
-//   lenscast  the real server, the presenter page and the viewer page, both with ?clock=1.
+//   lenscast  the real server, the presenter page and the viewer page, both with ?clock=1. The
+//             presenter records as the product does (WebCodecs in Chromium); `--recorder
+//             mediarecorder` makes it record with MediaRecorder, as the floor does.
 // For both: the first --warmup-seconds (3) after playback starts are dropped, then the stamp ages
 // (clock-stamp.js) and the presented frame rate (requestVideoFrameCallback) are measured for
 // --seconds. The goal is lenscast p50 <= floor + 60 ms, p90 <= floor + 150 ms and fps >= 90 %
@@ -53,6 +55,9 @@ class CouldNotMeasure extends Error {}
 
 /** Extra flags for the lenscast server (--server-arg), set once the options are parsed. */
 let SERVER_ARGS = [];
+/** The presenter page's recorder (--recorder), set once the options are parsed. */
+let RECORDER = 'auto';
+const RECORDERS = ['auto', 'webcodecs', 'mediarecorder'];
 
 function parseOptions() {
   const { values } = parseArgs({
@@ -62,6 +67,7 @@ function parseOptions() {
       'warmup-seconds': { type: 'string' },
       'soak-minutes': { type: 'string' },
       'no-audio': { type: 'boolean', default: false },
+      recorder: { type: 'string', default: 'auto' },
       // Extra flags for the lenscast server, e.g. --server-arg=--detect-fps=0 (repeatable).
       'server-arg': { type: 'string', multiple: true, default: [] },
       help: { type: 'boolean', short: 'h' },
@@ -70,6 +76,7 @@ function parseOptions() {
   if (values.help) {
     console.log(
       'usage: node tests/browser/latency-bench.mjs [--runs 5] [--seconds 10] [--warmup-seconds 3] [--no-audio]\n' +
+        '         [--recorder auto|webcodecs|mediarecorder] (the presenter page\'s; auto: as the product)\n' +
         '         [--server-arg=--detect-fps=0]... (flags for the lenscast server)\n' +
         '       node tests/browser/latency-bench.mjs --soak-minutes M [--warmup-seconds 30] [--no-audio]',
     );
@@ -83,7 +90,11 @@ function parseOptions() {
     if (!(n > 0)) throw new CouldNotMeasure(`--${name} must be a positive number, not ${values[name]}`);
     return n;
   };
+  if (!RECORDERS.includes(values.recorder)) {
+    throw new CouldNotMeasure(`--recorder must be one of ${RECORDERS.join(', ')}, not ${values.recorder}`);
+  }
   return {
+    recorder: values.recorder,
     runs: Math.round(positive('runs')),
     seconds: positive('seconds'),
     warmupSeconds: positive('warmup-seconds'),
@@ -343,7 +354,7 @@ async function startBroadcast(context, warmupSeconds) {
     await server.stop();
   };
   try {
-    const presenter = await openViewer(context, `${server.url}present?token=${TOKEN}&clock=1`);
+    const presenter = await openViewer(context, `${server.url}present?token=${TOKEN}&clock=1&recorder=${RECORDER}`);
     pages.push(presenter);
     await presenter.waitForSelector('#start:not([disabled])', { timeout: 10000 });
     await presenter.click('#start');
@@ -394,6 +405,7 @@ async function broadcastFigures({ server, presenter, viewer }) {
     stalls: page.stalls,
     presenter_state: await presenter.evaluate(() => window.lenscastPresenter.state),
     presenter_mime: await presenter.evaluate(() => window.lenscastPresenter.mime),
+    presenter_recorder: await presenter.evaluate(() => window.lenscastPresenter.recorder),
     viewer_mime: await viewer.evaluate(() => window.lenscast.mime),
     server_fps_in: pipeline?.fps_in ?? null,
     server_fps_out: pipeline?.fps_out ?? null,
@@ -557,7 +569,8 @@ function printRun({ run, order, floor, lenscast, diff, load_at_start: load }) {
   console.log(
     `     lenscast: readout p50 ${ms(lenscast.readout_p50_ms)} ms; server fps in/out ` +
       `${fps(lenscast.server_fps_in)}/${fps(lenscast.server_fps_out)}, latency p50 ` +
-      `${ms(lenscast.server_latency_ms_p50)} ms; recorded ${lenscast.presenter_mime} (floor ${floor.mime})`,
+      `${ms(lenscast.server_latency_ms_p50)} ms; recorded ${lenscast.presenter_mime} with ` +
+      `${lenscast.presenter_recorder} (floor ${floor.mime} with mediarecorder)`,
   );
   console.log(
     `     lenscast budget: capture to server ${ms(lenscast.capture_to_arrival_ms_p50)} ms ` +
@@ -673,6 +686,7 @@ async function main() {
   process.on('SIGINT', () => process.exit(130));
   const options = parseOptions();
   SERVER_ARGS = options.serverArgs;
+  RECORDER = options.recorder;
   // The fake camera loops the first 6 s of the fixture, as in the presenter tests.
   const cameraArgs = fakeCameraArgs('face.webm', 6);
   if (options.soakMinutes === null) {
