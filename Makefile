@@ -81,9 +81,10 @@ bench: deps build
 	cargo bench --bench fanout -- --server $(BIN) $(BENCH_ARGS)
 
 ## bench-latency: glass-to-glass latency of lenscast (presenter page -> server -> viewer page,
-## headless Chromium, fake camera) against the browser's floor (the same recorder, MSE and
-## live-edge policy in one page), 5 runs of 10 s: stamp age p50/p90 and presented fps
-## (results in target/bench/latency.json). e.g. LATENCY_ARGS="--runs 1 --seconds 5".
+## headless Chromium, fake camera) against the browser's floor (MediaRecorder, MSE and the
+## viewer's live-edge policy in one page), 5 runs of 10 s: stamp age p50/p90 and presented fps
+## (results in target/bench/latency.json). e.g. LATENCY_ARGS="--runs 1 --seconds 5", or
+## LATENCY_ARGS="--recorder mediarecorder" for the presenter on the floor's recorder.
 bench-latency: deps build
 	LENSCAST_BIN=$(CURDIR)/$(BIN) node tests/browser/latency-bench.mjs $(LATENCY_ARGS)
 

@@ -78,7 +78,8 @@ export class CodecRecorder {
     this.onerror = null;
     this.onstop = null;
     this.onorigin = null;
-    this.framesDropped = 0;
+    this.framesRead = 0; // pictures read from the camera
+    this.framesDropped = 0; // ...of which not encoded: the encoder was behind
 
     this.readers = [];
     this.video = null; // { encoder, width, height, lastKeyUs }
@@ -210,6 +211,7 @@ export class CodecRecorder {
 
   encodeVideo(frame) {
     const { video } = this;
+    this.framesRead++;
     try {
       if (frame.displayWidth !== video.width || frame.displayHeight !== video.height) {
         // The first frame, or the camera changed size: the next frame is a keyframe of the

@@ -246,8 +246,9 @@ export const GLASS_STAMPS_KEPT = 16;
 
 // ## The presenter: recorder and upload
 
-/** How often the recorder hands over a chunk: an encoded frame waits up to this long in the
- *  recorder before it can be uploaded, so less than a frame interval. `make bench-latency`,
+/** How often MediaRecorder (the fallback; the WebCodecs recorder hands over every frame as it
+ *  is encoded) hands over a chunk: an encoded frame waits up to this long in the recorder
+ *  before it can be uploaded, so less than a frame interval. `make bench-latency`,
  *  5 runs each, 2026-12-03: 100 ms gave capture to server p50 130-147 ms and glass to glass
  *  p50 404-497 ms; 20 ms gave 83-113 ms and 350-448 ms (the floor moved as much). */
 export const TIMESLICE_MS = 20;

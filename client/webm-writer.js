@@ -200,10 +200,16 @@ export function streamHeader({ video, audio }, writingApp) {
 export class ClusterWriter {
   constructor() {
     this.clusterMs = null;
+    this.lastMs = new Map(); // track number -> the time of its last block
   }
 
-  /** The bytes for one frame of `track` at `ms` (integer ms of media time). */
+  /** The bytes for one frame of `track` at `ms` (integer ms of media time). A time at or before
+   *  the track's last is written 1 ms after it: two frames less than a millisecond apart (or
+   *  rounded into one) would be one frame to a player, and a time going back is an error. */
   block(track, ms, keyframe, payload) {
+    const last = this.lastMs.get(track);
+    if (last !== undefined && ms <= last) ms = last + 1;
+    this.lastMs.set(track, ms);
     const parts = [];
     let offset = this.clusterMs === null ? null : ms - this.clusterMs;
     const startCluster =

@@ -54,6 +54,8 @@ async function recordInPage(page) {
       parts: parts.length,
       mime: recorder.mimeType,
       originAfterStartMs: origin === null ? null : origin - startedAt,
+      framesRead: recorder.framesRead,
+      framesDropped: recorder.framesDropped,
     };
   }, { ms: RECORD_MS, keyFrameIntervalMs: KEYFRAME_INTERVAL_MS });
 }
@@ -102,8 +104,17 @@ test('codec recorder: ffprobe, mkvinfo and ffmpeg read its live WebM: VP8 and Op
         const videoPackets = of(video);
         const audioPackets = of(audio);
         const seconds = RECORD_MS / 1000;
-        // The fake camera plays at 30 fps; a loaded machine may drop some frames, not most.
-        assert.ok(videoPackets.length >= 15 * seconds, `${videoPackets.length} video frames in ${seconds} s`);
+        // Every picture read from the camera is in the file, but for the few the recorder drops
+        // when its encoder falls behind (and any the encoder itself skips to keep its rate).
+        // How many the camera gives is the fake camera's business (30 fps; under a heavy load it
+        // slows to a third of that); a recording must still move.
+        const { framesRead, framesDropped } = recorded;
+        const frames = `${videoPackets.length} video frames in ${seconds} s (read ${framesRead} from the camera, dropped ${framesDropped})`;
+        assert.ok(framesRead >= 5 * seconds, frames);
+        assert.ok(framesDropped <= 0.2 * framesRead, frames);
+        assert.ok(videoPackets.length <= framesRead - framesDropped, frames);
+        assert.ok(videoPackets.length >= 0.9 * (framesRead - framesDropped), frames);
+        console.log(frames);
         // Opus in 20 ms packets (MediaRecorder's are 60 ms): about 50 a second.
         assert.ok(audioPackets.length >= 40 * seconds, `${audioPackets.length} audio packets in ${seconds} s`);
         const audioGaps = audioPackets.slice(1).map((p, i) => Math.round((p.pts - audioPackets[i].pts)));
@@ -157,8 +168,14 @@ test('codec recorder: ffprobe, mkvinfo and ffmpeg read its live WebM: VP8 and Op
         });
 
         // passthrough: the output keeps the camera's own frame times (not a constant rate, as
-        // a live camera's are not), so the null muxer sees them as they are.
-        const decode = run('ffmpeg', ['-v', 'error', '-xerror', '-i', file, '-fps_mode', 'passthrough', '-f', 'null', '-']);
+        // a live camera's are not), so the null muxer sees them as they are. enc_time_base -1
+        // keeps them in the file's milliseconds: by default ffmpeg 5.1 rounds them to 1/fps,
+        // and two frames a few ms apart (a loaded machine delivers them in bursts) land in one
+        // tick, which the null muxer reports as non-monotonic though the file's are not.
+        const decode = run('ffmpeg', [
+          '-v', 'error', '-xerror', '-i', file,
+          '-fps_mode', 'passthrough', '-enc_time_base:v', '-1', '-f', 'null', '-',
+        ]);
         assert.equal(decode.status, 0, `ffmpeg: ${decode.stderr}`);
         assert.equal(decode.stderr, '', 'ffmpeg decodes every frame without a complaint');
       } finally {

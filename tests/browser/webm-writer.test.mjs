@@ -87,3 +87,22 @@ test('webm writer: the header declares both tracks, with the encoder\'s OpusHead
   assert.ok(!videoOnly.toString('latin1').includes('A_OPUS'));
   assert.throws(() => streamHeader({ video: null, audio: null }, 'test'), /needs a track/);
 });
+
+test('webm writer: each track\'s times go forward, even when two frames round to one millisecond', () => {
+  const writer = new ClusterWriter();
+  const payload = Uint8Array.of(7);
+  let clusterMs = null;
+  // The time a player reads for the block: its Cluster's plus its offset.
+  const at = (track, ms, key = false) => {
+    const block = parseBlock(writer.block(track, ms, key, payload));
+    if (block.cluster !== null) clusterMs = block.cluster;
+    return clusterMs + block.offset;
+  };
+  assert.equal(at(TRACK.VIDEO, 100, true), 100);
+  assert.equal(at(TRACK.VIDEO, 100), 101, 'the same millisecond again moves 1 ms on');
+  assert.equal(at(TRACK.VIDEO, 99), 102, 'a time going back is written after the last');
+  assert.equal(at(TRACK.VIDEO, 133), 133, 'then times are kept as they are');
+  // Each track on its own: audio may be behind video, and is not moved for it.
+  assert.equal(at(TRACK.AUDIO, 90), 90);
+  assert.equal(at(TRACK.AUDIO, 90), 91);
+});
