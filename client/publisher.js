@@ -165,13 +165,7 @@ export class Publisher {
         videoBitsPerSecond: VIDEO_BITS_PER_SECOND,
         videoKeyFrameIntervalDuration: KEYFRAME_INTERVAL_MS,
       });
-      recorder.ondataavailable = (event) => this.send(session, event.data);
-      recorder.onerror = (event) => this.fail(session, 'disconnected', `recorder error: ${event.error?.message}`);
-      // After Stop the last chunk has been handed over by now; otherwise the camera went away.
-      recorder.onstop = () => {
-        if (session.stopping) session.ws.close(CLOSE.NORMAL, 'presenter stopped');
-        else this.fail(session, 'disconnected', 'the recorder stopped (camera gone?)');
-      };
+      this.wireRecorder(session, recorder, 'recorder');
       recorder.start(TIMESLICE_MS);
       // The recording's timestamps count from its first frame: the first the track delivers
       // after start(), on average half a frame interval from now (measured against the ?clock=1
@@ -190,17 +184,23 @@ export class Publisher {
     this.setState('live');
   }
 
+  /** Sends what `recorder` (either kind) hands over; its end or error ends the session. */
+  wireRecorder(session, recorder, what) {
+    recorder.ondataavailable = (event) => this.send(session, event.data);
+    recorder.onerror = (event) => this.fail(session, 'disconnected', `${what} error: ${event.error?.message}`);
+    // After Stop the last chunk has been handed over by now; otherwise the camera went away.
+    recorder.onstop = () => {
+      if (session.stopping) session.ws.close(CLOSE.NORMAL, 'presenter stopped');
+      else this.fail(session, 'disconnected', 'the recorder stopped (camera gone?)');
+    };
+  }
+
   startCodecRecorder(session, stream) {
     const recorder = new CodecRecorder(stream, {
       videoBitsPerSecond: VIDEO_BITS_PER_SECOND,
       keyFrameIntervalMs: KEYFRAME_INTERVAL_MS,
     });
-    recorder.ondataavailable = (event) => this.send(session, event.data);
-    recorder.onerror = (event) => this.fail(session, 'disconnected', `encoder error: ${event.error?.message}`);
-    recorder.onstop = () => {
-      if (session.stopping) session.ws.close(CLOSE.NORMAL, 'presenter stopped');
-      else this.fail(session, 'disconnected', 'the recorder stopped (camera gone?)');
-    };
+    this.wireRecorder(session, recorder, 'encoder');
     // Media time 0 is the first frame's capture, known once it is in.
     recorder.onorigin = (dateMs) => {
       session.recordStart = dateMs;

@@ -143,14 +143,19 @@ function opusPreSkip(head) {
  * be null, not both.
  */
 export function streamHeader({ video, audio }, writingApp) {
+  // A TrackEntry; the track's number is its UID too (one stream, two tracks at most).
+  const entry = (number, type, codecId, rest) =>
+    master(ID.TRACK_ENTRY, [
+      uint(ID.TRACK_NUMBER, number),
+      uint(ID.TRACK_UID, number),
+      uint(ID.TRACK_TYPE, type),
+      string(ID.CODEC_ID, codecId),
+      ...rest,
+    ]);
   const tracks = [];
   if (video) {
     tracks.push(
-      master(ID.TRACK_ENTRY, [
-        uint(ID.TRACK_NUMBER, TRACK.VIDEO),
-        uint(ID.TRACK_UID, TRACK.VIDEO),
-        uint(ID.TRACK_TYPE, 1),
-        string(ID.CODEC_ID, 'V_VP8'),
+      entry(TRACK.VIDEO, 1, 'V_VP8', [
         master(ID.VIDEO, [uint(ID.PIXEL_WIDTH, video.width), uint(ID.PIXEL_HEIGHT, video.height)]),
       ]),
     );
@@ -158,11 +163,7 @@ export function streamHeader({ video, audio }, writingApp) {
   if (audio) {
     const head = audio.opusHead ?? opusHead(audio.channels, audio.sampleRate);
     tracks.push(
-      master(ID.TRACK_ENTRY, [
-        uint(ID.TRACK_NUMBER, TRACK.AUDIO),
-        uint(ID.TRACK_UID, TRACK.AUDIO),
-        uint(ID.TRACK_TYPE, 2),
-        string(ID.CODEC_ID, 'A_OPUS'),
+      entry(TRACK.AUDIO, 2, 'A_OPUS', [
         element(ID.CODEC_PRIVATE, head),
         uint(ID.CODEC_DELAY, Math.round((opusPreSkip(head) * 1e9) / 48_000)),
         uint(ID.SEEK_PRE_ROLL, OPUS_SEEK_PRE_ROLL_NS),
