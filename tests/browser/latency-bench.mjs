@@ -441,13 +441,24 @@ async function measureLenscast(context, options, floorModules) {
   try {
     const result = await measureWindow(broadcast.viewer, 'lenscast', options.seconds);
     const differing = await modulesDifferingFrom(broadcast.server, floorModules);
-    return { ...result, ...(await broadcastFigures(broadcast)), client_differs_from_floor: differing };
+    return {
+      ...result,
+      ...(await broadcastFigures(broadcast)),
+      client_differs_from_floor: differing,
+      player_said: playerSaid(broadcast.viewer),
+    };
   } catch (err) {
     err.message += await describeBroadcast(broadcast);
     throw err;
   } finally {
     await broadcast.close();
   }
+}
+
+/** What the viewer's player said it did (stalls and how much it had in hand, jumps), from
+ *  warm-up on: for reading a bad run. */
+function playerSaid(viewer) {
+  return consoleLines(viewer).filter((line) => line.includes('lenscast: '));
 }
 
 /** lenscast minus the floor, and whether that meets the issue's goal. */
@@ -583,6 +594,7 @@ function printRun({ run, order, floor, lenscast, diff, load_at_start: load }) {
   console.log(
     `     arrival jitter ${both((r) => ms(r.arrival_jitter_ms))} ms; stalls ${both((r) => r.stalls)}`,
   );
+  for (const line of lenscast.player_said ?? []) console.log(`     viewer ${line}`);
   if (floor.mime !== lenscast.presenter_mime) {
     console.log(`     WARNING: the floor recorded ${floor.mime}, the presenter ${lenscast.presenter_mime}`);
   }
@@ -637,8 +649,8 @@ async function soak(options, cameraArgs) {
         const minute = { minute: minutes.length + 1, load: loadavg(), ...result, ...figures };
         minutes.push(minute);
         // What the player said it did this minute (stalls, jumps), for reading a bad minute.
-        const said = consoleLines(broadcast.viewer);
-        for (const line of said.slice(seen)) if (line.includes('lenscast: ')) console.log(`  viewer ${line}`);
+        const said = playerSaid(broadcast.viewer);
+        for (const line of said.slice(seen)) console.log(`  viewer ${line}`);
         seen = said.length;
         console.log(
           `minute ${minute.minute}: p50 ${ms(minute.p50_ms)} ms p90 ${ms(minute.p90_ms)} ms n ${minute.n}; ` +
