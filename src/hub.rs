@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 use crate::audience::Audience;
 use crate::clock::MediaTime;
-use crate::latency::Stamp;
+use crate::latency::{Stamp, WallTime};
 use crate::webm::{InitSegment, Output, StreamInfo};
 
 /// Chunks the ring holds; at ~80 chunks/s (30 fps video + Opus) about 12 s.
@@ -292,6 +292,8 @@ struct State {
     ring: Ring,
     /// The newest media time published (see [`HubStatus::media_end_ms`]).
     media_end: Option<MediaTime>,
+    /// The latest capture time known: a media time and when it was captured (wall clock).
+    capture: Option<(MediaTime, WallTime)>,
 }
 
 /// What viewers wait on: where the ring ends, and whether the hub is closed.
@@ -345,6 +347,7 @@ impl Hub {
                     join: JoinCache::default(),
                     ring: Ring::default(),
                     media_end: None,
+                    capture: None,
                 }),
                 limits,
                 head: watch::channel(Head::default()).0,
@@ -370,26 +373,36 @@ impl Hub {
     }
 
     /// As [`Hub::publish`], for media: `newest` is the latest media time in `outputs` (on
-    /// the stream's timeline), and `stamp` (when the media was captured) goes on any Cluster
-    /// start.
+    /// the stream's timeline), and `capture` when a media time was captured (wall clock).
+    ///
+    /// The latest capture time goes as a [`Stamp`] on each keyframe Cluster start, and only
+    /// there: one stamp per keyframe is all a viewer's readout needs (media and capture time
+    /// advance together), while a Cluster started anywhere else would cost every viewer a text
+    /// message to send and parse. The hub keeps it rather than the caller because the writer
+    /// may hold a keyframe back (for audio from before it), to be let out by a later call.
     pub fn publish_media(
         &self,
         outputs: impl IntoIterator<Item = Output>,
         newest: Option<MediaTime>,
-        stamp: Option<Stamp>,
+        capture: Option<(MediaTime, WallTime)>,
     ) {
-        let stamp = stamp.map(Arc::new);
         let limits = self.shared.limits;
         let now = Instant::now();
         let mut state = self.lock();
         let before = state.ring.end();
         state.media_end = state.media_end.max(newest);
+        if capture.is_some() {
+            state.capture = capture;
+        }
         for output in outputs {
             let Some(mut chunk) = Chunk::from_output(output, state.init.as_ref()) else {
                 continue;
             };
-            if matches!(chunk.kind, ChunkKind::ClusterStart { .. }) {
-                chunk.stamp.clone_from(&stamp);
+            if matches!(chunk.kind, ChunkKind::ClusterStart { keyframe: true, .. }) {
+                // Made as it goes out: its `sent_ms` is the broadcast time.
+                chunk.stamp = state
+                    .capture
+                    .map(|(media, capture)| Arc::new(Stamp::new(media, capture)));
             }
             if let ChunkKind::Init(init) = &chunk.kind {
                 if state
@@ -741,6 +754,31 @@ mod tests {
         assert_eq!(hub.status().media_end_ms, Some(2000.0));
         hub.publish_media([cluster(3, 10, false)], Some(ms(2033)), None);
         assert_eq!(hub.status().media_end_ms, Some(2033.0));
+    }
+
+    #[tokio::test]
+    async fn capture_stamps_ride_on_keyframe_clusters_only() {
+        let hub = Hub::default();
+        hub.publish([init()]);
+        let mut viewer = hub.subscribe();
+        let ms = MediaTime::from_millis;
+        let captured = |at| Some((ms(at), WallTime::now()));
+        hub.publish_media([cluster(1, 10, true)], Some(ms(1000)), captured(1000));
+        // A Cluster between keyframes (a block that came out of order) gets no stamp.
+        hub.publish_media([cluster(2, 10, false)], Some(ms(1033)), captured(1033));
+        // A keyframe the writer held back, let out by the audio after it: stamped with the
+        // latest capture time known.
+        hub.publish_media([], Some(ms(2000)), captured(2000));
+        hub.publish_media([cluster(3, 10, true)], Some(ms(2010)), None);
+        let stamped: Vec<(u8, Option<MediaTime>)> = ready(&mut viewer)
+            .iter()
+            .filter(|chunk| matches!(chunk.kind, ChunkKind::ClusterStart { .. }))
+            .map(|chunk| (chunk.bytes[0], chunk.stamp.as_ref().map(|s| s.media)))
+            .collect();
+        assert_eq!(
+            stamped,
+            [(1, Some(ms(1000))), (2, None), (3, Some(ms(2000)))]
+        );
     }
 
     #[test]

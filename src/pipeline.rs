@@ -30,14 +30,14 @@ use crate::annotate::{self, Annotator};
 use crate::clock::{MediaTime, Timeline};
 use crate::hls::HlsMirror;
 use crate::hub::Hub;
-use crate::latency::{Stamp, WallTime};
+use crate::latency::WallTime;
 use crate::media::decode::VideoDecoder;
 use crate::media::encode::Vp8Encoder;
 use crate::media::scale::Scaler;
 use crate::media::Resolution;
 use crate::metrics::StageTimes;
 use crate::webm::writer::{AudioTrack, LiveWriter, OutputTracks, AUDIO_TRACK, VIDEO_TRACK};
-use crate::webm::{Event, Output, TrackKind, Tracks};
+use crate::webm::{Event, TrackKind, Tracks};
 
 /// Under overload, a frame is encoded at least this often however late it is.
 const MAX_ENCODE_GAP: Duration = Duration::from_millis(200);
@@ -458,6 +458,8 @@ impl Worker {
                     if self.source.take().is_some() {
                         tracing::info!(reason, "pipeline input ended");
                     }
+                    // Frames that waited for this source's audio will get none.
+                    self.flush_writer();
                     self.stats.local.input = None;
                     self.stats.local.presenter_connected = false;
                 }
@@ -535,10 +537,22 @@ impl Worker {
             return;
         };
         if encoding.writer.tracks().audio != audio {
+            let mut out = Vec::new();
+            encoding.writer.flush(&mut out);
             let mut tracks = encoding.writer.tracks().clone();
             tracks.audio = audio;
             encoding.writer = LiveWriter::new(tracks);
-            self.hub.publish([encoding.writer.init()]);
+            out.push(encoding.writer.init());
+            self.hub.publish(out);
+        }
+    }
+
+    /// Writes out what the writer holds back (video waiting for audio, or audio for video).
+    fn flush_writer(&mut self) {
+        if let Some((_, _, Some(encoding))) = self.output.as_mut() {
+            let mut out = Vec::new();
+            encoding.writer.flush(&mut out);
+            self.hub.publish(out);
         }
     }
 
@@ -643,11 +657,10 @@ impl Worker {
         self.config.stages.encode.record(took.as_secs_f64());
         self.stats.local.encode_ms =
             annotate::smooth(self.stats.local.encode_ms, took.as_secs_f64() * 1000.0);
-        // A Cluster start carries when its media was captured, for the viewers' readout.
-        let starts_cluster = out.iter().any(|o| matches!(o, Output::ClusterStart { .. }));
-        let stamp = first_at
-            .filter(|_| starts_cluster)
-            .map(|at| Stamp::new(at, when.at(at).capture));
+        // When this media was captured, for the viewers' readout: the hub stamps the next
+        // keyframe Cluster start with it (this frame's, or a later call's when the writer
+        // holds the frame for audio).
+        let stamp = first_at.map(|at| (at, when.at(at).capture));
         self.hub.publish_media(out, last_at, stamp);
         self.config
             .stages

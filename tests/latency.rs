@@ -199,6 +199,113 @@ async fn without_a_capture_clock_stamps_start_at_the_server() {
     server.shut_down().await;
 }
 
+/// `name`'s audio and video re-muxed as a live WebCodecs presenter uploads them: each block
+/// as it is encoded, so an Opus packet comes after the video frames of its 20 ms (here, after
+/// those up to 25 ms past its start), and a block earlier than the one before it starts a
+/// Cluster of its own.
+fn upload_with_late_audio(name: &str) -> Vec<u8> {
+    use lenscast::webm::ebml::{self, id, UNKNOWN_SIZE};
+    use lenscast::webm::{Event, StreamReader};
+    let file = std::fs::read(fixture_path(name)).unwrap();
+    let mut reader = StreamReader::new();
+    reader.push(&file);
+    let (mut head_end, mut video_track) = (0, 0);
+    let mut blocks = Vec::new();
+    while let Some(event) = reader.next_event().unwrap() {
+        match event {
+            Event::Tracks(tracks) => {
+                head_end = reader.position() as usize;
+                video_track = tracks.video().unwrap().number;
+            }
+            Event::Block(b) => {
+                let video = b.track == video_track;
+                let sent = if video { b.timecode } else { b.timecode + 25 };
+                blocks.push((sent, b.track, b.timecode, b.keyframe || !video, b.frame()));
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        blocks.iter().any(|b| b.1 != video_track),
+        "{name} has audio"
+    );
+    blocks.sort_by_key(|b| b.0);
+    let mut out = file[..head_end].to_vec();
+    let mut cluster: Option<(i64, i64)> = None; // (timestamp, last block's)
+    for (_, track, timecode, keyframe, frame) in blocks {
+        let fits =
+            cluster.is_some_and(|(start, last)| timecode >= last && timecode - start < 30_000);
+        if !fits || (keyframe && track == video_track) {
+            ebml::write_id(&mut out, id::CLUSTER);
+            out.extend_from_slice(&UNKNOWN_SIZE);
+            ebml::write_uint(&mut out, id::TIMESTAMP, timecode as u64);
+            cluster = Some((timecode, timecode));
+        }
+        let (start, _) = cluster.unwrap();
+        cluster = Some((start, timecode));
+        let mut block = vec![0x80 | track as u8];
+        block.extend_from_slice(&((timecode - start) as i16).to_be_bytes());
+        block.push(if keyframe { 0x80 } else { 0 });
+        block.extend_from_slice(&frame);
+        ebml::write_element(&mut out, id::SIMPLE_BLOCK, &block);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_presenters_late_audio_gets_no_clusters_of_its_own_and_stamps_come_per_keyframe() {
+    // The upload has several Clusters a second (every late audio packet opens one); what the
+    // viewers get has one per keyframe: each track's blocks wait for the other's earlier ones.
+    let upload = write_temp(&upload_with_late_audio("face-opus.webm"));
+    let server = start_annotating(
+        Some(Input::File(upload.path().to_path_buf())),
+        PipelineConfig::default(),
+        HttpConfig::default(),
+    )
+    .await;
+    let mut viewer = view(server.addr).await;
+    let mut bytes = Vec::new();
+    let mut stamps = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, viewer.next()).await {
+        match message {
+            Message::Binary(b) => bytes.extend_from_slice(&b),
+            Message::Text(text) => {
+                let json: Value = serde_json::from_str(&text).unwrap();
+                stamps += usize::from(json["type"] == "stamp");
+            }
+            _ => {}
+        }
+    }
+    server.shut_down().await;
+    // Cluster timestamps by our reader, keyframes by ffprobe.
+    let mut reader = lenscast::webm::StreamReader::new();
+    reader.push(&bytes);
+    let mut clusters = Vec::new();
+    while let Ok(Some(event)) = reader.next_event() {
+        if let lenscast::webm::Event::ClusterStart { timecode, .. } = event {
+            clusters.push(timecode as i64);
+        }
+    }
+    let keyframes: Vec<i64> = packets(&bytes, "v")
+        .into_iter()
+        .filter(|&(_, key)| key)
+        .map(|(pts, _)| pts)
+        .collect();
+    assert!(keyframes.len() >= 4, "keyframes {keyframes:?}");
+    assert!(packets(&bytes, "a").len() > 100, "the stream carries audio");
+    assert_eq!(
+        clusters, keyframes,
+        "a Cluster at each keyframe and nowhere else"
+    );
+    // One stamp per keyframe Cluster (the last may still have been on its way).
+    assert!(
+        stamps == clusters.len() || stamps + 1 == clusters.len(),
+        "{stamps} stamps for {} Clusters",
+        clusters.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_that_floods_or_talks_nonsense_is_not_answered_and_not_harmed() {
     let server = annotating_the_demo().await;

@@ -307,7 +307,8 @@ pub fn packets_with_durations(bytes: &[u8], stream: &str) -> Vec<(i64, Option<i6
         .collect()
 }
 
-fn write_temp(bytes: &[u8]) -> tempfile::NamedTempFile {
+/// `bytes` in a temporary .webm file, removed when the handle drops.
+pub fn write_temp(bytes: &[u8]) -> tempfile::NamedTempFile {
     let mut file = tempfile::Builder::new().suffix(".webm").tempfile().unwrap();
     std::io::Write::write_all(&mut file, bytes).unwrap();
     file

@@ -18,15 +18,23 @@
 //! Opus blocks stay SimpleBlocks: parsers read an Opus packet's duration from the packet.
 //!
 //! Chromium's WebM parser refuses a block whose timestamp is before the block written before it
-//! in the same Cluster, whatever their tracks. Sources send their blocks in time order, and
-//! the pipeline handles them one by one, so audio is written the moment it comes, unless the
-//! caller says video from before it may still come (a decoder that reorders pictures): then
-//! it waits in a short queue until video has caught up. The audio is what sets a player's live
-//! edge (its buffered range is where audio and video overlap, and an Opus packet comes later
-//! than the frames beside it), so a wait for the next video frame there is latency for
-//! viewers. Should a block still come before the last one in its Cluster (a source whose
-//! tracks are not in time order), it starts a Cluster of its own; such a Cluster does not
-//! start at a keyframe, and viewers do not join at it.
+//! in the same Cluster, whatever their tracks, so the writer puts blocks out in time order.
+//! Sources send their blocks in time order, but the two tracks reach the writer apart: video
+//! after its decode and encode (late when the machine is busy), audio as it comes (a live
+//! presenter's Opus packet only once its 20 ms are over, after the video frames captured
+//! beside it). So a block waits while the other track's next block is due before it (that
+//! block's time is the last one's plus the shortest recent interval), at most MAX_DUE_HOLD;
+//! and audio also waits when the caller says video from before it may still come (a decoder
+//! that reorders pictures), until video has caught up, at most MAX_AUDIO_HOLD.
+//!
+//! Neither wait costs a viewer latency: a player's buffered range is where audio and video
+//! overlap, so it can play a frame only once the audio beside it is in, whichever is written
+//! first. Not waiting costs every viewer work: a block out of order would need a Cluster of its
+//! own, and a live presenter's stream would carry several a second instead of one per keyframe,
+//! each one more thing for every viewer's MSE to parse (and, before, each with a capture stamp
+//! to send). Should a block still come before the last one in its Cluster (a wait ran out, or a
+//! source whose tracks are not in time order), it starts a Cluster of its own; such a Cluster
+//! does not start at a keyframe, and viewers do not join at it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -44,6 +52,18 @@ pub const AUDIO_TRACK: u64 = 2;
 /// Audio older than this (relative to the newest audio) is written even if video lags, so a
 /// stalled video path never holds audio back for long.
 const MAX_AUDIO_HOLD: MediaTime = MediaTime::from_millis(500);
+/// A block this far (ticks) past the other track's next block is written even though that
+/// block has not come, so a track that stalled or ended holds the other back by this much at
+/// most.
+const MAX_DUE_HOLD: i64 = 100;
+/// The interval (ticks) assumed between audio packets until two have come (Opus's usual 20 ms).
+const FIRST_AUDIO_INTERVAL: i64 = 20;
+/// How many recent audio intervals the next packet's due time is worked out from.
+const AUDIO_INTERVALS: usize = 8;
+/// Block times wobble by a tick or two (capture clocks in µs, our ticks in ms): a block is
+/// written without waiting only if it comes at least this much before the other track's next
+/// block is due, and else it waits for that block.
+const DUE_MARGIN: i64 = 2;
 
 /// Our output's TimestampScale: 1 ms, what every WebM player expects.
 const SCALE: TimestampScale = TimestampScale::MILLISECOND;
@@ -72,6 +92,24 @@ pub struct OutputTracks {
     pub audio: Option<AudioTrack>,
 }
 
+/// A video frame waiting for audio from before it, with what its block will say.
+#[derive(Debug)]
+struct HeldFrame {
+    ticks: i64,
+    duration: i64,
+    /// The ReferenceBlock (relative ticks), None for a keyframe.
+    reference: Option<i64>,
+    keyframe: bool,
+    frame: Bytes,
+}
+
+/// The earliest block waiting to be written, and its time.
+#[derive(Debug, Clone, Copy)]
+enum Pending {
+    Audio(MediaTime),
+    Video(i64),
+}
+
 /// Writes one live WebM stream as viewer-stream chunks ([`Output`]s), ready for the hub.
 #[derive(Debug)]
 pub struct LiveWriter {
@@ -81,6 +119,14 @@ pub struct LiveWriter {
     /// Ticks of the last block written to the open Cluster (no block may go before it).
     last_block: i64,
     pending_audio: VecDeque<(MediaTime, Bytes)>,
+    /// Video frames waiting for audio from before them, oldest first.
+    pending_video: VecDeque<HeldFrame>,
+    /// The last audio packet taken (ticks).
+    last_audio: Option<i64>,
+    /// The intervals (ticks) between the last AUDIO_INTERVALS audio packets, oldest first.
+    audio_intervals: VecDeque<i64>,
+    /// Whether video from before the newest audio may still come (the caller's last word).
+    video_pending: bool,
     /// Ticks of the last video block and the duration (ticks) it was given.
     last_video: Option<(i64, i64)>,
     /// Intervals between video frames over the last DURATION_WINDOW: (ticks of the later
@@ -96,6 +142,10 @@ impl LiveWriter {
             cluster: None,
             last_block: 0,
             pending_audio: VecDeque::new(),
+            pending_video: VecDeque::new(),
+            last_audio: None,
+            audio_intervals: VecDeque::new(),
+            video_pending: false,
             last_video: None,
             intervals: VecDeque::new(),
         }
@@ -195,7 +245,8 @@ impl LiveWriter {
             .is_some_and(|(last, duration)| ticks - last > 2 * duration)
     }
 
-    /// Writes one encoded video frame (after any audio it has caught up with) into `out`.
+    /// Takes one encoded video frame and writes into `out` what can be written now: the frame
+    /// (after any audio it has caught up with) unless audio from before it may still come.
     pub fn video(&mut self, time: MediaTime, keyframe: bool, frame: &[u8], out: &mut Vec<Output>) {
         let ticks = time.as_ticks(SCALE);
         // A block's time must not go back within the video track.
@@ -207,23 +258,20 @@ impl LiveWriter {
         let paced = previous.filter(|_| !self.parted_at(ticks));
         let duration = self.duration_after(paced, ticks);
         self.last_video = Some((ticks, duration));
-        let video_time = MediaTime::from_millis(ticks);
-        self.flush_audio(out, |t| t <= video_time);
-        let opened = self.place(ticks, keyframe);
-        if self.cluster.is_some() {
+        self.pending_video.push_back(HeldFrame {
+            ticks,
+            duration,
             // A keyframe refers to nothing; any other frame to the one before it.
-            let reference = previous.filter(|_| !keyframe).map(|last| last - ticks);
-            let block = self.video_block(ticks, duration, reference, frame);
-            if let Some(head) = opened {
-                out.push(head);
-            }
-            out.push(Output::Block(block));
-        }
+            reference: previous.filter(|_| !keyframe).map(|last| last - ticks),
+            keyframe,
+            frame: Bytes::copy_from_slice(frame),
+        });
+        self.drain(out);
     }
 
-    /// Takes one audio frame and writes into `out` what can be written now: all of it, unless
-    /// `video_pending` (video frames from before `time` may still come), when audio waits
-    /// for video to catch up (at most MAX_AUDIO_HOLD).
+    /// Takes one audio frame and writes into `out` what can be written now: all of it (and
+    /// any video that waited for it), unless `video_pending` (video frames from before `time`
+    /// may still come), when audio waits for video to catch up (at most MAX_AUDIO_HOLD).
     pub fn audio(
         &mut self,
         time: MediaTime,
@@ -234,28 +282,115 @@ impl LiveWriter {
         if self.tracks.audio.is_none() {
             return;
         }
+        let ticks = time.as_ticks(SCALE);
+        if let Some(last) = self.last_audio {
+            // Opus packets last 2.5 to 120 ms; a longer interval is a gap, not the pace.
+            self.audio_intervals.push_back((ticks - last).clamp(2, 120));
+            if self.audio_intervals.len() > AUDIO_INTERVALS {
+                self.audio_intervals.pop_front();
+            }
+        }
+        self.last_audio = Some(ticks);
+        self.video_pending = video_pending;
         self.pending_audio.push_back((time, frame));
-        let video = self
-            .last_video
-            .map(|(last, _)| MediaTime::from_millis(last));
-        self.flush_audio(out, |t| {
-            !video_pending || video.is_some_and(|v| t <= v) || time - t > MAX_AUDIO_HOLD
-        });
+        self.drain(out);
     }
 
-    fn flush_audio(&mut self, out: &mut Vec<Output>, ready: impl Fn(MediaTime) -> bool) {
-        while let Some((time, _)) = self.pending_audio.front() {
-            if !ready(*time) {
+    /// Writes everything still waiting, in time order: for a source that ended, whose other
+    /// track will not catch up.
+    pub fn flush(&mut self, out: &mut Vec<Output>) {
+        while let Some(next) = self.next_pending() {
+            self.write_pending(next, out);
+        }
+    }
+
+    /// Writes waiting blocks in time order while the earliest of them may go.
+    fn drain(&mut self, out: &mut Vec<Output>) {
+        while let Some(next) = self.next_pending() {
+            let ready = match next {
+                Pending::Audio(time) => self.audio_ready(time),
+                Pending::Video(ticks) => self.video_ready(ticks),
+            };
+            if !ready {
                 break;
             }
-            let (time, frame) = self.pending_audio.pop_front().expect("front exists");
-            // Audio before the first video keyframe has no Cluster to go in; drop it.
-            if self.cluster.is_none() {
-                continue;
+            self.write_pending(next, out);
+        }
+    }
+
+    /// The earliest waiting block (video first at equal times: it may open a Cluster).
+    fn next_pending(&self) -> Option<Pending> {
+        let audio = self.pending_audio.front().map(|(time, _)| *time);
+        let video = self.pending_video.front().map(|held| held.ticks);
+        match (audio, video) {
+            (Some(a), Some(v)) if a.as_ticks(SCALE) < v => Some(Pending::Audio(a)),
+            (_, Some(v)) => Some(Pending::Video(v)),
+            (Some(a), None) => Some(Pending::Audio(a)),
+            (None, None) => None,
+        }
+    }
+
+    /// Audio at `time` may go unless video from before it may still come: a frame the
+    /// decoder holds back (`video_pending`), or the next frame, when it is due before `time`.
+    fn audio_ready(&self, time: MediaTime) -> bool {
+        let newest = self.pending_audio.back().map_or(time, |(t, _)| *t);
+        let Some((last, _)) = self.last_video else {
+            // No video yet: this audio has no Cluster to go in, nor anything to wait for.
+            return true;
+        };
+        let ticks = time.as_ticks(SCALE);
+        if ticks <= last {
+            return true;
+        }
+        if self.video_pending {
+            return newest - time > MAX_AUDIO_HOLD;
+        }
+        // The shortest recent interval, as for audio in `video_ready`.
+        let Some(interval) = self.intervals.iter().map(|&(_, i)| i).min() else {
+            return true;
+        };
+        let due = last + interval;
+        ticks <= due - DUE_MARGIN || newest.as_ticks(SCALE) - due > MAX_DUE_HOLD
+    }
+
+    /// Video at `ticks` may go unless an audio packet from before it may still come.
+    fn video_ready(&self, ticks: i64) -> bool {
+        let newest = self.last_video.map_or(ticks, |(last, _)| last);
+        let Some(last) = self.last_audio else {
+            // No audio track: nothing to wait for. No packet yet: the first may be from
+            // before this frame (a live presenter's is).
+            return self.tracks.audio.is_none() || newest - ticks > MAX_DUE_HOLD;
+        };
+        // The shortest recent interval: packet times wobble, and a due time too early only
+        // makes a frame wait for the packet (which the player needs anyway), while one too
+        // late lets the packet come after the frame.
+        let interval = self.audio_intervals.iter().copied().min();
+        let due = last + interval.unwrap_or(FIRST_AUDIO_INTERVAL);
+        ticks <= due - DUE_MARGIN || newest - due > MAX_DUE_HOLD
+    }
+
+    fn write_pending(&mut self, next: Pending, out: &mut Vec<Output>) {
+        match next {
+            Pending::Audio(_) => {
+                let (time, frame) = self.pending_audio.pop_front().expect("front exists");
+                // Audio before the first video keyframe has no Cluster to go in; drop it.
+                if self.cluster.is_none() {
+                    return;
+                }
+                let ticks = time.as_ticks(SCALE);
+                out.extend(self.place(ticks, false));
+                out.push(Output::Block(self.simple_block(AUDIO_TRACK, ticks, &frame)));
             }
-            let ticks = time.as_ticks(SCALE);
-            out.extend(self.place(ticks, false));
-            out.push(Output::Block(self.simple_block(AUDIO_TRACK, ticks, &frame)));
+            Pending::Video(_) => {
+                let held = self.pending_video.pop_front().expect("front exists");
+                let opened = self.place(held.ticks, held.keyframe);
+                if self.cluster.is_some() {
+                    let block =
+                        self.video_block(held.ticks, held.duration, held.reference, &held.frame);
+                    out.extend(opened);
+                    out.push(Output::Block(block));
+                }
+            }
         }
     }
 
@@ -470,6 +605,8 @@ mod tests {
     fn audio_goes_out_at_once_unless_video_from_before_it_may_still_come() {
         let mut writer = with_audio();
         let mut outputs = vec![writer.init()];
+        // The first packet has no Cluster to go in, but says when the next is due (20).
+        writer.audio(ms(0), Bytes::from_static(b"opus"), false, &mut outputs);
         writer.video(ms(0), true, b"vp8 keyframe", &mut outputs);
         // Video at 0, then audio at 20: with nothing pending it is written at once.
         let before = outputs.len();
@@ -480,8 +617,11 @@ mod tests {
         assert_eq!(outputs.len(), before + 1);
         writer.video(ms(33), false, b"vp8 frame", &mut outputs);
         assert_eq!(outputs.len(), before + 2);
+        // The frame at 66 lets the audio at 40 out, but waits itself for the packet due at 60.
         writer.video(ms(66), false, b"vp8 frame", &mut outputs);
-        assert_eq!(outputs.len(), before + 4);
+        assert_eq!(outputs.len(), before + 3);
+        writer.audio(ms(60), Bytes::from_static(b"opus"), false, &mut outputs);
+        assert_eq!(outputs.len(), before + 5);
         let clusters = clusters(&outputs);
         assert_eq!(clusters.len(), 1, "{clusters:?}");
         let tracks_and_times: Vec<_> = clusters[0].1.iter().map(|b| (b.0, b.1)).collect();
@@ -492,6 +632,7 @@ mod tests {
                 (AUDIO_TRACK, 20),
                 (VIDEO_TRACK, 33),
                 (AUDIO_TRACK, 40),
+                (AUDIO_TRACK, 60),
                 (VIDEO_TRACK, 66)
             ]
         );
@@ -502,34 +643,159 @@ mod tests {
     fn a_block_before_the_last_one_starts_a_cluster_of_its_own() {
         let mut writer = with_audio();
         let mut outputs = vec![writer.init()];
+        writer.audio(ms(0), Bytes::from_static(b"opus"), false, &mut outputs);
         writer.video(ms(0), true, b"vp8 keyframe", &mut outputs);
-        writer.video(ms(33), false, b"vp8 frame", &mut outputs);
-        // Audio that comes after later video (a source out of time order).
-        writer.audio(ms(10), Bytes::from_static(b"opus"), false, &mut outputs);
-        // Audio far ahead of stalled video goes out after MAX_AUDIO_HOLD, and the video that
-        // comes after it is older.
-        for t in (100..=700).step_by(20) {
+        // The audio due at 20 does not come: video waits MAX_DUE_HOLD for it, then goes.
+        for t in [33, 66, 100, 133] {
+            writer.video(ms(t), false, b"vp8 frame", &mut outputs);
+        }
+        // Then it comes, after later video.
+        writer.audio(ms(20), Bytes::from_static(b"opus"), false, &mut outputs);
+        // Audio far ahead of stalled video (a decoder holding pictures) goes out after
+        // MAX_AUDIO_HOLD, and the video that comes after it is older.
+        for t in (140..=740).step_by(20) {
             writer.audio(ms(t), Bytes::from_static(b"opus"), true, &mut outputs);
         }
-        writer.video(ms(66), false, b"vp8 frame", &mut outputs);
-        writer.video(ms(100), false, b"vp8 frame", &mut outputs);
-        // Video catching up lets out the audio still held.
-        writer.video(ms(720), false, b"vp8 frame", &mut outputs);
+        writer.video(ms(166), false, b"vp8 frame", &mut outputs);
+        writer.video(ms(200), false, b"vp8 frame", &mut outputs);
+        // Video catching up lets out the audio still held; the source then ends, and the frame
+        // that waited for audio due at 760 goes out.
+        writer.video(ms(760), false, b"vp8 frame", &mut outputs);
+        writer.flush(&mut outputs);
         let clusters = clusters(&outputs);
         assert_in_order(&clusters);
         let starts: Vec<_> = clusters.iter().map(|c| c.0).collect();
-        assert_eq!(starts, [0, 10, 66], "{clusters:?}");
+        assert_eq!(starts, [0, 20, 166], "{clusters:?}");
         // Only the first starts at a keyframe: viewers join there alone.
         assert_eq!(cluster_starts(&outputs), [true, false, false]);
-        // Nothing was lost: 5 video frames and 32 audio blocks.
-        let count = |track| {
-            clusters
+        // Nothing was lost but the packet before the first Cluster.
+        assert_eq!(
+            (count(&clusters, VIDEO_TRACK), count(&clusters, AUDIO_TRACK)),
+            (8, 32)
+        );
+    }
+
+    /// Counts the blocks of `track` in `clusters`.
+    fn count(clusters: &[Cluster], track: u64) -> usize {
+        clusters
+            .iter()
+            .flat_map(|c| &c.1)
+            .filter(|b| b.0 == track)
+            .count()
+    }
+
+    #[test]
+    fn blocks_wait_for_the_other_tracks_earlier_block_so_clusters_start_at_keyframes_only() {
+        // A live presenter: 30 fps video reaching the writer 5 ms after capture, but every
+        // seventh frame 45 ms (a busy encoder; the frames behind it queue up), and Opus
+        // packets of 20 ms, their times wobbling by a tick, reaching it 3 ms after their 20 ms
+        // are over. So audio often comes after the video beside it, and sometimes before.
+        #[derive(Clone, Copy, PartialEq)]
+        enum Arrival {
+            Video(i64),
+            Audio(i64),
+        }
+        let mut arrivals = Vec::new();
+        let mut video_came = 0;
+        for i in 0..90i64 {
+            let t = i * 1000 / 30;
+            video_came = (t + if i % 7 == 3 { 45 } else { 5 }).max(video_came);
+            arrivals.push((video_came, Arrival::Video(t)));
+        }
+        for i in 0..150i64 {
+            let a = i * 20 + [0, 1, -1][i as usize % 3];
+            arrivals.push((a + 23, Arrival::Audio(a)));
+        }
+        arrivals.sort_by_key(|(at, _)| *at);
+        let came = |arrival| arrivals.iter().find(|(_, a)| *a == arrival).unwrap().0;
+        // The other track's first block at or after `t`, when it came (or never).
+        let other_reached = |video: bool, t: i64| {
+            arrivals
                 .iter()
-                .flat_map(|c| &c.1)
-                .filter(|b| b.0 == track)
-                .count()
+                .filter(|(_, a)| match *a {
+                    Arrival::Audio(x) => video && x >= t,
+                    Arrival::Video(x) => !video && x >= t,
+                })
+                .map(|(at, _)| *at)
+                .min()
+                .unwrap_or(i64::MAX)
         };
-        assert_eq!((count(VIDEO_TRACK), count(AUDIO_TRACK)), (5, 32));
+        let mut writer = with_audio();
+        let mut outputs = vec![writer.init()];
+        // Each block as it is written: (track, time, the arrival that let it out).
+        let mut written = Vec::new();
+        for &(at, arrival) in &arrivals {
+            let before = outputs.len();
+            match arrival {
+                Arrival::Video(t) => writer.video(ms(t), t % 1000 == 0, b"vp8", &mut outputs),
+                Arrival::Audio(a) => {
+                    writer.audio(ms(a), Bytes::from_static(b"opus"), false, &mut outputs)
+                }
+            }
+            let mut sent = vec![writer.init()];
+            sent.extend(outputs[1..before].iter().cloned());
+            let known = clusters(&sent).iter().map(|c| c.1.len()).sum::<usize>();
+            sent.extend(outputs[before..].iter().cloned());
+            for block in clusters(&sent).iter().flat_map(|c| &c.1).skip(known) {
+                written.push((block.0, block.1, at));
+            }
+        }
+        writer.flush(&mut outputs);
+        let clusters = clusters(&outputs);
+        assert_in_order(&clusters);
+        // One Cluster per keyframe, as many as there were keyframes: none for late blocks.
+        assert_eq!(cluster_starts(&outputs), [true, true, true], "{clusters:?}");
+        let starts: Vec<_> = clusters.iter().map(|c| c.0).collect();
+        assert_eq!(starts, [0, 1000, 2000]);
+        // Nothing lost (audio before the first keyframe has no Cluster to go in).
+        assert_eq!(count(&clusters, VIDEO_TRACK), 90);
+        assert_eq!(count(&clusters, AUDIO_TRACK), 150);
+        // A block waited only until the other track reached its time (which a player needs
+        // anyway before it can play it), never later.
+        assert_eq!(written.len(), 240);
+        for &(track, t, at) in &written {
+            let video = track == VIDEO_TRACK;
+            let own = came(if video {
+                Arrival::Video(t)
+            } else {
+                Arrival::Audio(t)
+            });
+            let bound = own.max(other_reached(video, t));
+            assert!(
+                at <= bound,
+                "track {track} at {t} ms out at {at}, due by {bound}"
+            );
+        }
+    }
+
+    #[test]
+    fn video_waits_at_most_max_video_hold_for_audio_that_stopped() {
+        let mut writer = with_audio();
+        let mut outputs = vec![writer.init()];
+        writer.video(ms(0), true, b"vp8 keyframe", &mut outputs);
+        for a in (0..=100).step_by(20) {
+            writer.audio(ms(a), Bytes::from_static(b"opus"), false, &mut outputs);
+        }
+        // The audio stops; its next packet was due at 120.
+        let mut held = Vec::new();
+        for t in (33..=330).step_by(33) {
+            let before = outputs.len();
+            writer.video(ms(t), false, b"vp8 frame", &mut outputs);
+            if outputs.len() == before {
+                held.push(t);
+            }
+        }
+        // Frames past the due audio wait while the newest is within MAX_DUE_HOLD of it.
+        assert_eq!(held, [132, 165, 198]);
+        let written = count(&clusters(&outputs), VIDEO_TRACK);
+        assert_eq!(written, 11, "all but none held once 231 passed 120 + 100");
+        // What still waits at the end of a source goes out on flush.
+        writer.audio(ms(120), Bytes::from_static(b"opus"), false, &mut outputs);
+        writer.video(ms(363), false, b"vp8 frame", &mut outputs);
+        writer.flush(&mut outputs);
+        let clusters = clusters(&outputs);
+        assert_eq!(count(&clusters, VIDEO_TRACK), 12);
+        assert_eq!(count(&clusters, AUDIO_TRACK), 7);
     }
 
     #[test]
