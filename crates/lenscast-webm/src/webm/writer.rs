@@ -769,7 +769,7 @@ mod tests {
     }
 
     #[test]
-    fn video_waits_at_most_max_video_hold_for_audio_that_stopped() {
+    fn video_waits_at_most_max_due_hold_for_audio_that_stopped() {
         let mut writer = with_audio();
         let mut outputs = vec![writer.init()];
         writer.video(ms(0), true, b"vp8 keyframe", &mut outputs);
