@@ -533,17 +533,18 @@ impl Worker {
                     .map(|a| a.codec_private.clone().unwrap_or_default()),
             );
         }
-        let Some((_, _, Some(encoding))) = self.output.as_mut() else {
+        let changed =
+            matches!(&self.output, Some((_, _, Some(e))) if e.writer.tracks().audio != audio);
+        if !changed {
             return;
-        };
-        if encoding.writer.tracks().audio != audio {
-            let mut out = Vec::new();
-            encoding.writer.flush(&mut out);
+        }
+        // What the old writer holds goes out under the old init segment.
+        self.flush_writer();
+        if let Some((_, _, Some(encoding))) = self.output.as_mut() {
             let mut tracks = encoding.writer.tracks().clone();
             tracks.audio = audio;
             encoding.writer = LiveWriter::new(tracks);
-            out.push(encoding.writer.init());
-            self.hub.publish(out);
+            self.hub.publish([encoding.writer.init()]);
         }
     }
 

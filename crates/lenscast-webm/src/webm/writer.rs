@@ -110,6 +110,15 @@ enum Pending {
     Video(i64),
 }
 
+/// Whether a block at `ticks` may go before the other track's next block, due at `due` (its
+/// last block's time plus its shortest recent interval: block times wobble, and a due time too
+/// early only makes a block wait for one the player needs anyway, while one too late lets that
+/// block come after it); or may go anyway, its track's newest block (`newest`) being
+/// MAX_DUE_HOLD past the due time.
+fn before_due(ticks: i64, due: i64, newest: i64) -> bool {
+    ticks <= due - DUE_MARGIN || newest - due > MAX_DUE_HOLD
+}
+
 /// Writes one live WebM stream as viewer-stream chunks ([`Output`]s), ready for the hub.
 #[derive(Debug)]
 pub struct LiveWriter {
@@ -345,12 +354,10 @@ impl LiveWriter {
         if self.video_pending {
             return newest - time > MAX_AUDIO_HOLD;
         }
-        // The shortest recent interval, as for audio in `video_ready`.
         let Some(interval) = self.intervals.iter().map(|&(_, i)| i).min() else {
             return true;
         };
-        let due = last + interval;
-        ticks <= due - DUE_MARGIN || newest.as_ticks(SCALE) - due > MAX_DUE_HOLD
+        before_due(ticks, last + interval, newest.as_ticks(SCALE))
     }
 
     /// Video at `ticks` may go unless an audio packet from before it may still come.
@@ -361,12 +368,12 @@ impl LiveWriter {
             // before this frame (a live presenter's is).
             return self.tracks.audio.is_none() || newest - ticks > MAX_DUE_HOLD;
         };
-        // The shortest recent interval: packet times wobble, and a due time too early only
-        // makes a frame wait for the packet (which the player needs anyway), while one too
-        // late lets the packet come after the frame.
         let interval = self.audio_intervals.iter().copied().min();
-        let due = last + interval.unwrap_or(FIRST_AUDIO_INTERVAL);
-        ticks <= due - DUE_MARGIN || newest - due > MAX_DUE_HOLD
+        before_due(
+            ticks,
+            last + interval.unwrap_or(FIRST_AUDIO_INTERVAL),
+            newest,
+        )
     }
 
     fn write_pending(&mut self, next: Pending, out: &mut Vec<Output>) {
