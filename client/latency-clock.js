@@ -6,12 +6,14 @@
 // How much it needs in hand depends on how unevenly media arrives (the presenter's recorder
 // hands over a chunk every TIMESLICE_MS; a busy presenter, network or server add jitter), so
 // the clock measures it instead of guessing. For each append it notes how late the new media
-// came: the wall-clock time less the media time it continues from. The latest arrival over the
-// last SLACK_WINDOW_MS sets the slack: what the player would have had in hand when that arrival
-// came, had it been as far behind then as it is now. The player keeps that at LIVE_SLACK
-// (Chrome's renderer underflows with 30-90 ms still in hand, so that plus a margin): above it,
-// playing 10% faster spends the rest; below it, playing 10% slower makes room before a stall
-// does.
+// came: the wall-clock time less the media time it starts at (its earliest block's, read off the
+// stream: client/block-times.js). Before that media came, the player had in hand what lay
+// between the playhead and that time, so an arrival's lateness says how little it had left
+// then, whichever track the media is of. The latest arrival over the last SLACK_WINDOW_MS sets
+// the slack: what the player would have had in hand when that arrival came, had it been as far
+// behind then as it is now. The player keeps that at LIVE_SLACK (Chrome's renderer underflows
+// with 30-90 ms still in hand, so that plus a margin): above it, playing 10% faster spends the
+// rest; below it, playing 10% slower makes room before a stall does.
 //
 // The slack depends on the delay now and on arrivals, never on what the player did: a stall
 // (Chrome rebuffers for 200 ms to over a second) or a jump changes the delay, not the arrivals,
@@ -45,7 +47,7 @@ export class LatencyClock {
     /** Seconds between the playhead and the end of what is buffered; null when unknown. */
     this.behindLive = null;
     /** Media arrivals, oldest first: `at` (wall clock) and `late`, that less the media time
-     *  the arrival continues from, both in seconds; over the last SLACK_WINDOW_MS. */
+     *  the arrival starts at, both in seconds; over the last SLACK_WINDOW_MS. */
     this.arrivals = [];
     this.playing = false; // false until playback starts on this stream
     /** When playback started on this stream (performance.now(), seconds); null before. */
@@ -66,10 +68,10 @@ export class LatencyClock {
     console.info(`lenscast: ran dry with ${Math.round(inHand * 1000)} ms in hand, rebuffering`);
   }
 
-  /** Media is about to be appended, with `inHand` seconds left before the buffered end. */
-  note(inHand) {
+  /** Media starting at `start` (media time, seconds) is about to be appended. */
+  note(start) {
     const now = performance.now() / 1000;
-    this.arrivals.push({ at: now, late: now - (this.video.currentTime + inHand) });
+    this.arrivals.push({ at: now, late: now - start });
     while (this.arrivals[0].at < now - SLACK_WINDOW_MS / 1000) this.arrivals.shift();
     this.forgetJoin(now);
   }

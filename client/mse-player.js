@@ -17,6 +17,7 @@ import {
   TRIM_EVERY_MS,
   VIEW_PATH,
 } from './constants.js';
+import { BlockTimes } from './block-times.js';
 import { GlassReadout } from './glass-readout.js';
 import { LatencyClock } from './latency-clock.js';
 import { ServerClock } from './server-clock.js';
@@ -53,15 +54,17 @@ export function skipGap(video, buffered, stuck) {
 /** One MediaSource + SourceBuffer for one mime type. Replaced when the mime type changes. */
 class SourceBufferQueue {
   /** Attaches a new MediaSource to `video`; `onFatal(why)` when it cannot go on,
-   *  `onAppended(byteCount)` after every append, `beforeMedia(secondsInHand)` just before
-   *  media is appended (when the player has least in hand). */
+   *  `onAppended(byteCount)` after every append, `beforeMedia(mediaSeconds)` just before
+   *  media is appended (when the player has least in hand), with the media time the append
+   *  starts at (its earliest block's). */
   constructor(video, mime, { onFatal, onAppended, beforeMedia }) {
     this.video = video;
     this.mime = mime;
     this.onFatal = onFatal;
     this.onAppended = onAppended;
     this.beforeMedia = beforeMedia;
-    this.pending = []; // { init: bool, bytes: Uint8Array }, waiting for the SourceBuffer
+    // Waiting for the SourceBuffer: { init: bool, bytes: Uint8Array, start: seconds or null }.
+    this.pending = [];
     this.pendingBytes = 0;
     this.removeRange = null; // [start, end] to remove before the next append
     this.quotaRetries = 0;
@@ -88,9 +91,10 @@ class SourceBufferQueue {
     this.pump();
   }
 
-  /** Queues bytes for the SourceBuffer. Returns false if the queue is over its budget. */
-  append(bytes, init) {
-    this.pending.push({ init, bytes: new Uint8Array(bytes) });
+  /** Queues bytes for the SourceBuffer, whose earliest block is at `start` seconds (null if it
+   *  has none). Returns false if the queue is over its budget. */
+  append(bytes, init, start) {
+    this.pending.push({ init, bytes: new Uint8Array(bytes), start });
     this.pendingBytes += bytes.byteLength;
     this.pump();
     return this.pendingBytes <= MAX_QUEUED_BYTES;
@@ -125,7 +129,8 @@ class SourceBufferQueue {
     try {
       // A new init segment starts a new stream: forget any half-parsed Cluster first.
       if (op.init) sb.abort();
-      else if (sb.buffered.length) this.beforeMedia(sb.buffered.end(sb.buffered.length - 1) - this.video.currentTime);
+      // Not `sb.buffered`: Chromium's grows dearer with the session's age (see block-times.js).
+      else if (op.start !== null) this.beforeMedia(op.start);
       sb.appendBuffer(op.bytes);
     } catch (err) {
       this.pending.unshift(op);
@@ -144,13 +149,14 @@ class SourceBufferQueue {
     let end = 0;
     while (end < this.pending.length && !this.pending[end].init) end++;
     const parts = [first, ...this.pending.splice(0, end)];
+    const starts = parts.map((part) => part.start).filter((start) => start !== null);
     const bytes = new Uint8Array(parts.reduce((n, part) => n + part.bytes.byteLength, 0));
     let offset = 0;
     for (const part of parts) {
       bytes.set(part.bytes, offset);
       offset += part.bytes.byteLength;
     }
-    return { init: false, bytes };
+    return { init: false, bytes, start: starts.length ? Math.min(...starts) : null };
   }
 
   onAppendError(err) {
@@ -218,6 +224,7 @@ export class MsePlayer {
     this.socket = null;
     this.queue = null; // the SourceBufferQueue, while the stream is one MSE can play
     this.expectInit = false; // the next binary message is an init segment
+    this.blockTimes = null; // one per connection: the stream's timescale and open Cluster
     this.backoffMs = BACKOFF_MIN_MS;
     this.lastTime = 0;
   }
@@ -266,6 +273,7 @@ export class MsePlayer {
     // An error is always followed by close, so close alone handles both.
     ws.onclose = () => this.socket === ws && this.reconnect('connection closed');
     this.socket = ws;
+    this.blockTimes = new BlockTimes();
     this.setState('connecting');
   }
 
@@ -298,7 +306,7 @@ export class MsePlayer {
       this.queue = new SourceBufferQueue(this.video, mime, {
         onFatal: (why) => this.reconnect(why),
         onAppended: (byteCount) => (state.appendedBytes += byteCount),
-        beforeMedia: (inHand) => !this.video.paused && !this.video.seeking && this.clock.note(inHand),
+        beforeMedia: (start) => !this.video.paused && !this.video.seeking && this.clock.note(start),
       });
     }
     this.expectInit = true;
@@ -309,7 +317,7 @@ export class MsePlayer {
     if (!this.queue) return;
     const init = this.expectInit;
     this.expectInit = false;
-    if (!this.queue.append(data, init)) {
+    if (!this.queue.append(data, init, this.blockTimes.earliest(data))) {
       this.reconnect('too far behind');
       return;
     }

@@ -62,6 +62,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../client/latency-clock.js"),
     ),
     (
+        "block-times.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../client/block-times.js"),
+    ),
+    (
         "hls-player.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../client/hls-player.js"),

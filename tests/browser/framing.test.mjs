@@ -29,43 +29,10 @@ function slowFileWithPause(dir) {
  * once appended, the end of what is buffered (both in ms).
  */
 async function appendFromViewSocket(seconds) {
-  /** The video frames' times in one message: its elements, whole (see constants.js). */
-  function videoTimes(bytes, state) {
-    const times = [];
-    const vint = (at, keepMarker) => {
-      const len = Math.clz32(bytes[at]) - 23;
-      let value = keepMarker ? bytes[at] : bytes[at] & (0xff >> len);
-      for (let i = 1; i < len; i++) value = value * 256 + bytes[at + i];
-      return { value, len };
-    };
-    const blockTime = (at) => {
-      const track = vint(at, false);
-      const relative = (bytes[at + track.len] << 24) >> 16 | bytes[at + track.len + 1];
-      if (track.value === state.videoTrack) times.push(state.cluster + relative);
-    };
-    let at = 0;
-    while (at < bytes.length) {
-      const id = vint(at, true);
-      const size = vint(at + id.len, false);
-      const body = at + id.len + size.len;
-      if (id.value === 0x1f43b675) {
-        at = body; // a Cluster of unknown size: its children follow
-        continue;
-      }
-      if (id.value === 0xe7) {
-        state.cluster = 0;
-        for (let i = 0; i < size.value; i++) state.cluster = state.cluster * 256 + bytes[body + i];
-      } else if (id.value === 0xa3) {
-        blockTime(body);
-      } else if (id.value === 0xa0) {
-        // A BlockGroup: its Block (0xA1) is the first child we write.
-        const child = vint(body, true);
-        if (child.value === 0xa1) blockTime(body + child.len + vint(body + child.len, false).len);
-      }
-      at = body + size.value;
-    }
-    return times;
-  }
+  // The player's own reader of the stream's block times (its messages are whole elements).
+  const { BlockTimes } = await import('/block-times.js');
+  const blockTimes = new BlockTimes();
+  const VIDEO_TRACK = 1;
 
   const source = new MediaSource();
   const video = document.createElement('video');
@@ -75,7 +42,6 @@ async function appendFromViewSocket(seconds) {
   await new Promise((resolve) => source.addEventListener('sourceopen', resolve, { once: true }));
   const ws = new WebSocket(new URL('/ws/view', location.href).href.replace(/^http/, 'ws'));
   ws.binaryType = 'arraybuffer';
-  const state = { cluster: 0, videoTrack: 1 };
   const appends = [];
   let buffer = null;
   let chain = Promise.resolve();
@@ -101,8 +67,8 @@ async function appendFromViewSocket(seconds) {
       return;
     }
     const bytes = new Uint8Array(data);
-    const times = bytes[0] === 0x1a ? [] : videoTimes(bytes, state);
-    const videoAt = times.length ? Math.max(...times) : null;
+    const times = blockTimes.blocks(bytes).filter((block) => block.track === VIDEO_TRACK);
+    const videoAt = times.length ? Math.max(...times.map((block) => block.seconds * 1000)) : null;
     chain = chain.then(() => append(bytes, videoAt));
   };
   await new Promise((resolve) => setTimeout(resolve, seconds * 1000));

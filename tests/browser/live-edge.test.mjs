@@ -79,8 +79,8 @@ function simulate(seconds, lateness = () => 0) {
     nowMs = step * STEP_MS;
     const at = nowMs / 1000;
     while (arrivesAt <= at) {
-      // As the player does: note what is in hand just before media is appended.
-      if (video.end > 0 && !video.paused && !video.seeking) clock.note(video.end - video.currentTime);
+      // As the player does: note the media time of what is about to be appended.
+      if (video.end > 0 && !video.paused && !video.seeking) clock.note(next * CHUNK_S);
       video.end = (next + 1) * CHUNK_S;
       next++;
       schedule();
