@@ -82,7 +82,7 @@ test("block times: what the player reads off the server's messages is what mkvin
   }
 });
 
-test('block times: a file with a 100 µs timescale and BlockGroups, read whole, as mkvinfo reads it', () => {
+test('block times: a file with a 100 µs timescale and BlockGroups, whole or cut anywhere, as mkvinfo reads it', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lenscast-block-times-'));
   try {
     const file = path.join(dir, 'scaled.mkv');
@@ -91,12 +91,29 @@ test('block times: a file with a 100 µs timescale and BlockGroups, read whole, 
     const mkvmerge = spawnSync('mkvmerge', ['-q', '-o', file, '--timestamp-scale', '100000', source], { encoding: 'utf8' });
     assert.ok(mkvmerge.status === 0 || mkvmerge.status === 1, `mkvmerge: ${mkvmerge.stdout}${mkvmerge.stderr}`);
     const bytes = fs.readFileSync(file);
-    const ours = shown(new BlockTimes().blocks(bytes));
     const theirs = mkvinfoBlocks(file);
     assert.ok(theirs.length > 30, `mkvinfo read ${theirs.length} blocks`);
     assert.ok(/Timestamp scale: 100000\n/.test(spawnSync('mkvinfo', [file], { encoding: 'utf8' }).stdout), 'the timescale was set');
-    assert.deepEqual(ours, theirs);
+    assert.deepEqual(shown(new BlockTimes().blocks(bytes)), theirs);
+    // As MediaRecorder's chunks or any byte stream come: cut every n bytes, headers too.
+    for (const n of [1, 2, 3, 7, 64, 1000]) {
+      const reader = new BlockTimes();
+      const ours = [];
+      for (let at = 0; at < bytes.length; at += n) ours.push(...shown(reader.blocks(bytes.subarray(at, at + n))));
+      assert.deepEqual(ours, theirs, `cut every ${n} bytes`);
+    }
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('block times: after bytes it cannot follow it reads nothing until a new stream starts', () => {
+  const bytes = fs.readFileSync(path.join(REPO_ROOT, 'fixtures', 'vp8-opus.webm'));
+  const whole = shown(new BlockTimes().blocks(bytes));
+  const reader = new BlockTimes();
+  // A zero byte starts no EBML number: what follows is not read as blocks, however it looks.
+  assert.deepEqual(reader.blocks(Buffer.concat([Buffer.from([0, 0xa3, 0x84, 0x81, 0, 5, 0x80]), bytes.subarray(0, 2000)])), []);
+  assert.deepEqual(reader.blocks(bytes.subarray(2000)), []);
+  // A chunk that starts with an EBML header starts a new stream, read from its start.
+  assert.deepEqual(shown(reader.blocks(bytes)), whole);
 });

@@ -15,6 +15,7 @@ import {
   TIMESLICE_MS,
   VIDEO_BITS_PER_SECOND,
 } from '../../client/constants.js';
+import { BlockTimes } from '../../client/block-times.js';
 import { LatencyClock } from '../../client/latency-clock.js';
 import { skipGap as skipMseGap } from '../../client/mse-player.js';
 
@@ -111,17 +112,16 @@ function record(stream, mime, sourceBuffer) {
     videoBitsPerSecond: VIDEO_BITS_PER_SECOND,
     videoKeyFrameIntervalDuration: KEYFRAME_INTERVAL_MS,
   });
-  const pending = [];
+  const pending = []; // { bytes, start: the earliest block's media time, or null }
+  const blockTimes = new BlockTimes();
   const pump = () => {
     if (sourceBuffer.updating || !pending.length) return;
     try {
-      // As the viewer's player does: the clock notes what is in hand just before media is
-      // appended, when it is least (the first chunk, the init segment, finds nothing buffered).
-      const buffered = sourceBuffer.buffered;
-      if (buffered.length && !video.paused && !video.seeking) {
-        clock.note(buffered.end(buffered.length - 1) - video.currentTime);
-      }
-      sourceBuffer.appendBuffer(pending.shift());
+      // As the viewer's player does: the clock notes the media time the chunk starts at just
+      // before it is appended, when the player has least in hand.
+      const { bytes, start } = pending.shift();
+      if (start !== null && !video.paused && !video.seeking) clock.note(start);
+      sourceBuffer.appendBuffer(bytes);
     } catch (err) {
       fail(`append failed: ${err.name} ${err.message}`);
     }
@@ -136,7 +136,7 @@ function record(stream, mime, sourceBuffer) {
       .then(() => read)
       .then((bytes) => {
         floor.recordedBytes += bytes.byteLength;
-        pending.push(bytes);
+        pending.push({ bytes, start: blockTimes.earliest(bytes) });
         pump();
       });
   };
